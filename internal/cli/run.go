@@ -1,0 +1,89 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-ha/tandem/internal/config"
+	"github.com/tandem-ha/tandem/internal/control"
+	"github.com/tandem-ha/tandem/internal/daemon"
+)
+
+func newRunCmd() *cobra.Command {
+	var path, level, format string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run this unit's HA daemon",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, key, err := config.Load(path)
+			if err != nil {
+				var probs *config.Problems
+				if errors.As(err, &probs) {
+					return &exitError{2, fmt.Errorf("%s is not valid (see `tandem config check %s`):\n%s", path, path, probs.Error())}
+				}
+				return &exitError{2, err}
+			}
+			logger, err := newLogger(c.ErrOrStderr(), level, format)
+			if err != nil {
+				return &exitError{2, err}
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return runDaemon(ctx, cfg, key, logger)
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", config.DefaultPath, "configuration file")
+	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&format, "log-format", "text", "text or json")
+	return cmd
+}
+
+func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	o := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+// runDaemon wires the daemon to its OS adapters and the control socket and
+// runs it until ctx ends.
+func runDaemon(ctx context.Context, cfg *config.Config, key []byte, logger *slog.Logger) error {
+	opts, cleanup, err := daemon.Adapters(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	d, err := daemon.New(cfg, key, opts)
+	if err != nil {
+		return err
+	}
+	ln, err := control.Listen(cfg.Control.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Control.Socket)
+	srvCtx, stopSrv := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { control.Serve(srvCtx, ln, d.Control, logger) })
+	err = d.Run(ctx)
+	stopSrv()
+	wg.Wait()
+	return err
+}

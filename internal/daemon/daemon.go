@@ -1,0 +1,354 @@
+// Package daemon is tandem's event loop: it wires the OS adapters (heartbeat
+// sockets, link watching, virtual IPs, the control socket) to the pure HA
+// state machine.
+//
+// One goroutine — Run's — owns the machine. Adapters turn the world into
+// events on channels; the loop feeds them to the machine and hands the
+// machine's decisions back to adapters: send a heartbeat now, acquire or
+// release the virtual IPs, log the transition with its cause.
+//
+// It must never contain a decision of its own: who is ACTIVE, and why, is
+// internal/ha's to say. It must also never block the loop on slow work: a
+// takeover's announcements run beside it.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/config"
+	"github.com/tandem-ha/tandem/internal/control"
+	"github.com/tandem-ha/tandem/internal/ha"
+	"github.com/tandem-ha/tandem/internal/heartbeat"
+	"github.com/tandem-ha/tandem/internal/version"
+	"github.com/tandem-ha/tandem/internal/wire"
+)
+
+// DataPlane owns what the ACTIVE unit holds: the virtual IPs and their
+// announcements. Its methods are called from the event loop only.
+type DataPlane interface {
+	// Acquire adds every virtual IP and starts announcing them; it is on the
+	// failover path and must be fast and idempotent.
+	Acquire() error
+	// Release removes every virtual IP; idempotent. Called at start (a
+	// crashed daemon's leftovers), on leaving ACTIVE and at shutdown.
+	Release() error
+	// Reannounce sends the announcements again at once: another unit was
+	// seen answering for our addresses.
+	Reannounce()
+}
+
+// LinkEvent is a watched link going down or up.
+type LinkEvent struct {
+	Name   string
+	Up     bool
+	Reason string
+}
+
+// Options are the adapters and knobs a daemon runs with. Nil adapters get
+// defaults: no data plane (HA only), no link watching.
+type Options struct {
+	Logger    *slog.Logger
+	DataPlane DataPlane
+	// Links delivers watched-link events; the daemon reads it until ctx ends.
+	Links <-chan LinkEvent
+	// Conflicts delivers "another unit answers for our addresses" reports.
+	Conflicts <-chan struct{}
+}
+
+// Daemon is one running unit.
+type Daemon struct {
+	cfg    *config.Config
+	key    []byte
+	log    *slog.Logger
+	opts   Options
+	role   ha.Role
+	bootID uint64
+	start  time.Time
+	seq    uint64
+
+	m       *ha.Machine
+	tr      *heartbeat.Transport
+	paths   []heartbeat.Path
+	lastRx  *wire.Heartbeat // latest heartbeat from the peer, for status
+	ctl     chan ctlCall
+	holding bool // the data plane holds the virtual IPs
+}
+
+type ctlCall struct {
+	req   control.Request
+	reply chan ctlReply
+}
+
+type ctlReply struct {
+	data any
+	err  error
+}
+
+// New prepares a unit from a validated configuration and its key. It binds
+// the heartbeat sockets; Run starts everything else.
+func New(cfg *config.Config, key []byte, o Options) (*Daemon, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.DataPlane == nil {
+		o.DataPlane = nopDataPlane{}
+	}
+	role := ha.RolePrimary
+	if cfg.Node.Role == config.RoleSecondary {
+		role = ha.RoleSecondary
+	}
+	d := &Daemon{
+		cfg: cfg, key: key, opts: o, role: role,
+		log:   o.Logger.With("node", cfg.Node.Name),
+		start: time.Now(),
+		// The boot id grows across restarts (it is the start time), so the
+		// peer's replay guard accepts a restarted unit and rejects replays
+		// of an older run.
+		bootID: uint64(time.Now().UnixNano()),
+		ctl:    make(chan ctlCall),
+	}
+	d.paths = Paths(cfg)
+	tr, err := heartbeat.Open(d.paths, heartbeat.Options{
+		Key: key, ClusterID: uint8(cfg.Cluster.ID), NodeID: uint8(role), Logger: d.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.tr = tr
+	return d, nil
+}
+
+// Paths lists the heartbeat paths of a configuration: the HA link first,
+// then every watched interface.
+func Paths(cfg *config.Config) []heartbeat.Path {
+	port := uint16(cfg.HALink.Port)
+	ap := func(p netip.Prefix) netip.AddrPort { return netip.AddrPortFrom(p.Addr(), port) }
+	paths := []heartbeat.Path{{Name: cfg.HALink.Interface, Local: ap(cfg.LocalHAAddress()), Peer: ap(cfg.PeerHAAddress())}}
+	for _, ifc := range cfg.Interfaces {
+		if ifc.Watch {
+			paths = append(paths, heartbeat.Path{Name: ifc.Name, Local: ap(ifc.LocalIP(cfg.Node.Role)), Peer: ap(ifc.PeerIP(cfg.Node.Role))})
+		}
+	}
+	return paths
+}
+
+func (d *Daemon) machineConfig() ha.Config {
+	names := make([]string, len(d.paths))
+	for i, p := range d.paths {
+		names[i] = p.Name
+	}
+	return ha.Config{
+		Role:              d.role,
+		Priority:          d.cfg.EffectivePriority(),
+		Preempt:           d.cfg.Cluster.Preempt,
+		PreemptDelay:      d.cfg.Cluster.PreemptDelay.Duration,
+		HeartbeatInterval: d.cfg.HALink.HeartbeatInterval.Duration,
+		DeadInterval:      d.cfg.HALink.DeadInterval.Duration,
+		LinkHolddown:      d.cfg.HALink.LinkHolddown.Duration,
+		Paths:             names,
+		BootID:            d.bootID,
+	}
+}
+
+// Run runs the unit until ctx ends, then resigns: an ACTIVE unit tells its
+// peer to take over at once and releases its virtual IPs.
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.tr.Close()
+	// A crashed daemon may have left virtual IPs behind; a unit that is not
+	// ACTIVE must not answer for them, so they go before anything else.
+	if err := d.opts.DataPlane.Release(); err != nil {
+		d.log.Warn("release leftover virtual IPs", "err", err)
+	}
+
+	rxCtx, stopRx := context.WithCancel(context.Background())
+	rx := make(chan heartbeat.Received, 64)
+	rxDone := make(chan struct{})
+	go func() { d.tr.Receive(rxCtx, rx); close(rxDone) }()
+	defer func() { stopRx(); <-rxDone }()
+
+	now := time.Now()
+	d.m = ha.New(d.machineConfig(), now)
+	d.log.Info("starting", "role", d.role, "priority", d.cfg.EffectivePriority(), "paths", len(d.paths),
+		"heartbeat_interval", d.cfg.HALink.HeartbeatInterval.Duration, "dead_interval", d.cfg.HALink.DeadInterval.Duration,
+		"version", version.String(), "boot_id", d.bootID)
+	d.apply(now, d.m.Start(now))
+
+	hb := time.NewTicker(d.cfg.HALink.HeartbeatInterval.Duration)
+	defer hb.Stop()
+	deadline := time.NewTimer(time.Hour)
+	defer deadline.Stop()
+
+	for {
+		if next := d.m.NextDeadline(time.Now()); !next.IsZero() {
+			deadline.Reset(time.Until(next))
+		} else {
+			deadline.Reset(time.Hour)
+		}
+		select {
+		case <-ctx.Done():
+			return d.shutdown()
+		case r := <-rx:
+			d.lastRx = &r.HB
+			d.apply(r.At, d.m.HeartbeatReceived(r.At, r.Path, advertOf(&r.HB)))
+		case <-hb.C:
+			d.send()
+		case <-deadline.C:
+			now := time.Now()
+			d.apply(now, d.m.Tick(now))
+		case ev := <-d.opts.Links:
+			now := time.Now()
+			d.log.Info("watched link", "link", ev.Name, "up", ev.Up, "reason", ev.Reason)
+			d.apply(now, d.m.LinkChanged(now, ev.Name, ev.Up, ev.Reason))
+		case <-d.opts.Conflicts:
+			if d.holding {
+				d.log.Warn("another unit answers for our virtual IPs; announcing again")
+				d.opts.DataPlane.Reannounce()
+			}
+		case c := <-d.ctl:
+			data, err := d.handle(c.req)
+			c.reply <- ctlReply{data, err}
+		}
+	}
+}
+
+// apply carries out a machine result: log, data plane, heartbeat.
+func (d *Daemon) apply(now time.Time, r ha.Result) {
+	for _, t := range r.Transitions {
+		lvl := slog.LevelInfo
+		if t.To == ha.StateFault {
+			lvl = slog.LevelWarn
+		}
+		d.log.Log(context.Background(), lvl, "transition", "from", t.From, "state", t.To, "epoch", d.m.Epoch(), "reason", t.Reason)
+	}
+	active := d.m.State() == ha.StateActive
+	switch {
+	case active && !d.holding:
+		// The heartbeat goes first: the peer learns of the takeover while
+		// the addresses are being added.
+		if r.SendNow {
+			d.send()
+			r.SendNow = false
+		}
+		if err := d.opts.DataPlane.Acquire(); err != nil {
+			d.log.Error("acquire virtual IPs", "err", err)
+		}
+		d.holding = true
+	case !active && d.holding:
+		if err := d.opts.DataPlane.Release(); err != nil {
+			d.log.Error("release virtual IPs", "err", err)
+		}
+		d.holding = false
+	}
+	if r.SendNow {
+		d.send()
+	}
+}
+
+func (d *Daemon) send() {
+	a := d.m.Advert()
+	d.seq++
+	d.tr.Send(&wire.Heartbeat{
+		Version:         wire.Version,
+		ClusterID:       uint8(d.cfg.Cluster.ID),
+		NodeID:          uint8(d.role),
+		State:           wire.State(a.State),
+		Flags:           wire.Flags(a.Flags),
+		Priority:        a.Priority,
+		Sync:            wire.SyncStatus(a.Sync),
+		FailedLinks:     a.FailedLinks,
+		Epoch:           a.Epoch,
+		SchemaVersion:   version.Schema,
+		SoftwareVersion: version.Bytes(),
+		BootID:          d.bootID,
+		Seq:             d.seq,
+		SentAtNanos:     int64(time.Since(d.start)),
+	})
+}
+
+func advertOf(hb *wire.Heartbeat) ha.Advert {
+	return ha.Advert{
+		Role:        ha.Role(hb.NodeID),
+		State:       ha.State(hb.State),
+		Flags:       ha.Flags(hb.Flags),
+		Priority:    hb.Priority,
+		Sync:        ha.SyncStatus(hb.Sync),
+		FailedLinks: hb.FailedLinks,
+		Epoch:       hb.Epoch,
+		BootID:      hb.BootID,
+		Seq:         hb.Seq,
+	}
+}
+
+// shutdown resigns: the resigning heartbeat goes out three times (a single
+// lost packet must not cost the peer a dead interval), then the virtual IPs
+// are released.
+func (d *Daemon) shutdown() error {
+	now := time.Now()
+	d.apply(now, d.m.Shutdown(now))
+	for range 2 {
+		time.Sleep(time.Millisecond)
+		d.send()
+	}
+	var err error
+	if d.holding {
+		err = d.opts.DataPlane.Release()
+		d.holding = false
+	}
+	d.log.Info("stopped")
+	return err
+}
+
+// Control answers one control request through the event loop.
+func (d *Daemon) Control(ctx context.Context, req control.Request) (any, error) {
+	reply := make(chan ctlReply, 1)
+	select {
+	case d.ctl <- ctlCall{req, reply}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case r := <-reply:
+		return r.data, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (d *Daemon) handle(req control.Request) (any, error) {
+	now := time.Now()
+	switch req.Op {
+	case "status":
+		return d.status(now), nil
+	case "failover":
+		r, err := d.m.RequestFailover(now, req.Force)
+		if err != nil {
+			return nil, fmt.Errorf("failover refused: %w", err)
+		}
+		d.log.Info("operator failover", "force", req.Force, "state", d.m.State())
+		d.apply(now, r)
+		return d.status(now), nil
+	case "promote":
+		if !req.Force {
+			return nil, errors.New("promote makes this unit ACTIVE whatever the peer says; it is for disaster recovery when the old ACTIVE is gone for good. Confirm with --force")
+		}
+		r, err := d.m.Promote(now)
+		if err != nil {
+			return nil, fmt.Errorf("promote refused: %w", err)
+		}
+		d.log.Warn("operator promote --force")
+		d.apply(now, r)
+		return d.status(now), nil
+	}
+	return nil, fmt.Errorf("unknown operation %q (this daemon is tandem %s)", req.Op, version.String())
+}
+
+type nopDataPlane struct{}
+
+func (nopDataPlane) Acquire() error { return nil }
+func (nopDataPlane) Release() error { return nil }
+func (nopDataPlane) Reannounce()    {}
