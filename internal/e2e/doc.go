@@ -3,6 +3,6 @@
 // the HA pair itself, and in `tandem lab` network namespaces for the data
 // plane. It has no code of its own beyond test helpers.
 //
-// Tests here end only the processes they started, by PID, and remove every
-// namespace they created, even when they fail.
+// Tests here must never end a process they did not start (they kill by the
+// PID they started), and never leave a namespace behind, even when they fail.
 package e2e
