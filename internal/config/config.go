@@ -92,6 +92,10 @@ type Node struct {
 	// Priority (1..254) breaks ties in elections; 0 means the role default
 	// (200 for primary, 100 for secondary). See EffectivePriority.
 	Priority int `yaml:"priority"`
+	// RealtimePriority (1..99) runs the daemon's threads under SCHED_RR at
+	// this priority, so heartbeats keep their rhythm when the CPUs are busy
+	// with other work (keepalived does the same); 0 turns it off. Default 50.
+	RealtimePriority int `yaml:"realtime_priority"`
 }
 
 // HALink is the dedicated heartbeat link between the two units.
@@ -167,6 +171,7 @@ func Default() Config {
 			AnnounceCount:     3,
 			AnnounceInterval:  Duration{10 * time.Millisecond},
 		},
+		Node:     Node{RealtimePriority: 50},
 		Control:  Control{Socket: "/run/tandem/tandem.sock"},
 		StateDir: "/var/lib/tandem",
 	}

@@ -108,6 +108,9 @@ func (c *Config) validateNode(p *Problems) {
 	if n.Priority < 0 || n.Priority > 254 {
 		p.add("node.priority", strconv.Itoa(n.Priority), "must be between 1 and 254; leave it out to use the role default (200 for primary, 100 for secondary)")
 	}
+	if n.RealtimePriority < 0 || n.RealtimePriority > 99 {
+		p.add("node.realtime_priority", strconv.Itoa(n.RealtimePriority), "must be between 0 (off) and 99; leave it out for the default 50")
+	}
 }
 
 func validNodeName(s string) bool {

@@ -33,18 +33,19 @@ func Adapters(ctx context.Context, cfg *config.Config, logger *slog.Logger) (Opt
 	var wg sync.WaitGroup
 	cleanup := func() { cancel(); wg.Wait() }
 
-	dp, err := newVIPDataPlane(cfg, logger)
-	if err != nil {
-		cleanup()
-		return o, nil, err
-	}
-	o.DataPlane = dp
-
 	nsh, err := netns.Get()
 	if err != nil {
 		cleanup()
 		return o, nil, fmt.Errorf("open own network namespace: %w", err)
 	}
+	dp, err := newVIPDataPlane(cfg, nsh, logger)
+	if err != nil {
+		nsh.Close()
+		cleanup()
+		return o, nil, err
+	}
+	o.DataPlane = dp
+
 	var watched []string
 	for _, ifc := range cfg.Interfaces {
 		if ifc.Watch {
@@ -126,7 +127,7 @@ type dpIface struct {
 	ann   *announce.Announcer
 }
 
-func newVIPDataPlane(cfg *config.Config, logger *slog.Logger) (*vipDataPlane, error) {
+func newVIPDataPlane(cfg *config.Config, nsh netns.NsHandle, logger *slog.Logger) (*vipDataPlane, error) {
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
@@ -135,7 +136,7 @@ func newVIPDataPlane(cfg *config.Config, logger *slog.Logger) (*vipDataPlane, er
 	for _, ifc := range cfg.Interfaces {
 		ifs = append(ifs, vip.Interface{Name: ifc.Name, VIPs: ifc.VirtualIPs, VirtualMAC: ifc.VirtualMAC})
 	}
-	mgr, err := vip.New(h, ifs, vip.Options{ClusterID: uint8(cfg.Cluster.ID), Logger: logger})
+	mgr, err := vip.New(h, ifs, vip.Options{ClusterID: uint8(cfg.Cluster.ID), Logger: logger, NetNS: &nsh})
 	if err != nil {
 		h.Close()
 		return nil, err
