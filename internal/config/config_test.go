@@ -165,6 +165,15 @@ func TestParseValidVariants(t *testing.T) {
 			},
 		},
 		{
+			name: "dual-stack interface: one entry per family",
+			yaml: edit(t, v4, "\ncontrol:", "  - {name: lan0, primary_ip: fd00:1::3/64, secondary_ip: fd00:1::4/64, virtual_ips: [fd00:1::1/64], watch: true}\ncontrol:"),
+			check: func(t *testing.T, c *Config) {
+				if len(c.Interfaces) != 3 || c.Interfaces[2].VirtualIPs[0].String() != "fd00:1::1/64" {
+					t.Errorf("interfaces = %+v", c.Interfaces)
+				}
+			},
+		},
+		{
 			name: "priority defaults by role",
 			yaml: edit(t, v4, "  priority: 200", ""),
 			check: func(t *testing.T, c *Config) {
@@ -314,6 +323,7 @@ func TestParseProblems(t *testing.T) {
 		{name: "interface name missing", yaml: edit(t, v4, "- name: lan0", `- name: ""`), path: "interfaces[0].name", value: "is required"},
 		{name: "interface name invalid", yaml: edit(t, v4, "- name: lan0", "- name: lan/0"), path: "interfaces[0].name", value: "lan/0"},
 		{name: "interface name duplicate", yaml: edit(t, v4, "- name: wan0", "- name: lan0"), path: "interfaces[1].name", value: "duplicates interfaces[0].name"},
+		{name: "dual-stack entries disagree on watch", yaml: edit(t, v4, "\ncontrol:", "  - {name: lan0, primary_ip: fd00:1::3/64, secondary_ip: fd00:1::4/64, virtual_ips: [fd00:1::1/64], watch: false}\ncontrol:"), path: "interfaces[2].watch", value: "differs from the other entry of lan0"},
 		{name: "primary_ip missing", yaml: edit(t, v4, "    primary_ip: 172.16.121.3/24\n", ""), path: "interfaces[0].primary_ip", value: "is required"},
 		{name: "secondary_ip missing", yaml: edit(t, v4, "    secondary_ip: 172.16.121.4/24\n", ""), path: "interfaces[0].secondary_ip", value: "is required"},
 		{name: "no virtual IPs", yaml: edit(t, v4, "virtual_ips: [172.16.121.7/24]", "virtual_ips: []"), path: "interfaces[0].virtual_ips", value: "at least one"},

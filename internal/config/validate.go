@@ -152,15 +152,27 @@ func (c *Config) validateHALink(p *Problems) {
 }
 
 func (c *Config) validateInterfaces(p *Problems) {
-	firstName := map[string]string{} // name -> path of its first use
+	// An interface may appear once per address family (a dual-stack LAN is
+	// two entries with the same name, one IPv4, one IPv6).
+	type nameFamily struct {
+		name string
+		v4   bool
+	}
+	firstName := map[nameFamily]string{} // -> path of its first use
+	watchOf := map[string]bool{}
 	for i, ifc := range c.Interfaces {
 		base := fmt.Sprintf("interfaces[%d]", i)
 		if ifName(p, base+".name", ifc.Name) {
-			if prev, dup := firstName[ifc.Name]; dup {
-				p.add(base+".name", ifc.Name, "duplicates %s; list each interface once and put all its virtual IPs in that entry", prev)
+			key := nameFamily{ifc.Name, ifc.PrimaryIP.Addr().Is4()}
+			if prev, dup := firstName[key]; dup {
+				p.add(base+".name", ifc.Name, "duplicates %s for the same address family; list each interface once per family and put all its virtual IPs of that family in that entry", prev)
 			} else {
-				firstName[ifc.Name] = base + ".name"
+				firstName[key] = base + ".name"
 			}
+			if w, seen := watchOf[ifc.Name]; seen && w != ifc.Watch {
+				p.add(base+".watch", strconv.FormatBool(ifc.Watch), "differs from the other entry of %s; an interface is watched or not, whatever the family", ifc.Name)
+			}
+			watchOf[ifc.Name] = ifc.Watch
 		}
 		if ifc.Watch && ifc.Name != "" && ifc.Name == c.HALink.Interface {
 			p.add(base+".watch", "true", "watch cannot be enabled on the HA link interface %s; the HA link is monitored by heartbeats; set watch: false", ifc.Name)

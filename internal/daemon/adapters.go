@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,7 +48,7 @@ func Adapters(ctx context.Context, cfg *config.Config, logger *slog.Logger) (Opt
 	o.DataPlane = dp
 
 	var watched []string
-	for _, ifc := range cfg.Interfaces {
+	for _, ifc := range mergeInterfaces(cfg) {
 		if ifc.Watch {
 			watched = append(watched, ifc.Name)
 		}
@@ -132,8 +133,9 @@ func newVIPDataPlane(cfg *config.Config, nsh netns.NsHandle, logger *slog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
+	merged := mergeInterfaces(cfg)
 	var ifs []vip.Interface
-	for _, ifc := range cfg.Interfaces {
+	for _, ifc := range merged {
 		ifs = append(ifs, vip.Interface{Name: ifc.Name, VIPs: ifc.VirtualIPs, VirtualMAC: ifc.VirtualMAC})
 	}
 	mgr, err := vip.New(h, ifs, vip.Options{ClusterID: uint8(cfg.Cluster.ID), Logger: logger, NetNS: &nsh})
@@ -142,7 +144,7 @@ func newVIPDataPlane(cfg *config.Config, nsh netns.NsHandle, logger *slog.Logger
 		return nil, err
 	}
 	dp := &vipDataPlane{mgr: mgr, log: logger, count: cfg.HALink.AnnounceCount, every: cfg.HALink.AnnounceInterval.Duration}
-	for _, ifc := range cfg.Interfaces {
+	for _, ifc := range merged {
 		ifi, err := net.InterfaceByName(ifc.Name)
 		if err != nil {
 			dp.close()
@@ -240,4 +242,23 @@ func (dp *vipDataPlane) close() {
 	if err := errors.Join(errs...); err != nil {
 		dp.log.Debug("close announcers", "err", err)
 	}
+}
+
+// mergeInterfaces folds the per-family entries of one interface (a
+// dual-stack LAN is listed once for IPv4 and once for IPv6) into one.
+func mergeInterfaces(cfg *config.Config) []config.Interface {
+	var out []config.Interface
+	at := map[string]int{}
+	for _, ifc := range cfg.Interfaces {
+		i, seen := at[ifc.Name]
+		if !seen {
+			at[ifc.Name] = len(out)
+			ifc.VirtualIPs = slices.Clone(ifc.VirtualIPs)
+			out = append(out, ifc)
+			continue
+		}
+		out[i].VirtualIPs = append(out[i].VirtualIPs, ifc.VirtualIPs...)
+		out[i].VirtualMAC = out[i].VirtualMAC || ifc.VirtualMAC
+	}
+	return out
 }

@@ -83,6 +83,9 @@ func (l *testLab) waitStates(timeout time.Duration, a, b string) {
 
 func (l *testLab) socket(node string) string { return filepath.Join(l.Dir(), node+".sock") }
 
+// allVIPs are the lab's virtual IPs: LAN (IPv4 and IPv6) and WAN.
+var allVIPs = []netip.Prefix{lab.LANVIP, lab.LANVIP6, lab.WANVIP}
+
 // vips lists the lab's virtual IPs present in node's kernel.
 func (l *testLab) vips(node string) []netip.Prefix {
 	l.t.Helper()
@@ -106,7 +109,7 @@ func (l *testLab) vips(node string) []netip.Prefix {
 		if !ok {
 			continue
 		}
-		for _, v := range []netip.Prefix{lab.LANVIP, lab.WANVIP} {
+		for _, v := range allVIPs {
 			if p.Unmap() == v.Addr() {
 				out = append(out, v)
 			}
@@ -203,16 +206,16 @@ func TestLabFailoverModes(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			l.t = t
 			l.waitStates(15*time.Second, "ACTIVE", "STANDBY") // the primary is back (preempt)
-			if got := l.vips("fw-a"); len(got) != 2 {
-				t.Fatalf("fw-a ACTIVE must hold both virtual IPs, holds %v", got)
+			if got := l.vips("fw-a"); len(got) != len(allVIPs) {
+				t.Fatalf("fw-a ACTIVE must hold every virtual IP, holds %v", got)
 			}
 			mark := p.Mark()
 			if err := m.fail("fw-a"); err != nil {
 				t.Fatal(err)
 			}
 			l.waitStates(5*time.Second, "", "ACTIVE")
-			if got := l.vips("fw-b"); len(got) != 2 {
-				t.Fatalf("fw-b must hold both virtual IPs after %s, holds %v", m.name, got)
+			if got := l.vips("fw-b"); len(got) != len(allVIPs) {
+				t.Fatalf("fw-b must hold every virtual IP after %s, holds %v", m.name, got)
 			}
 			gap := recovered(t, p, mark)
 			t.Logf("%s: outage %.1f ms", m.name, float64(gap)/1e6)
@@ -240,7 +243,7 @@ func TestLabSIGKILLNewActiveKeepsWinning(t *testing.T) {
 	}
 	mark := p.Mark()
 	l.waitStates(5*time.Second, "stopped", "ACTIVE")
-	if got := l.vips("fw-a"); len(got) != 2 {
+	if got := l.vips("fw-a"); len(got) != len(allVIPs) {
 		t.Fatalf("the test needs the stale virtual IPs on fw-a (a daemon crash leaves them): %v", got)
 	}
 	gap := recovered(t, p, mark)
@@ -324,7 +327,7 @@ func TestLabPreemptNeverTwoOwners(t *testing.T) {
 				}
 			}
 		}
-		if len(a) == 2 && len(b) == 0 {
+		if len(a) == len(allVIPs) && len(b) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {

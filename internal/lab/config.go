@@ -92,8 +92,7 @@ func quote(s string) string {
 // daemon's; it is written as text here on purpose, so the lab does not depend
 // on the config package.
 //
-// The IPv6 LAN VIP is not in it: the schema holds one subnet per interface
-// entry and one entry per interface name.
+// The LAN is dual-stack: lan0 has one entry per address family.
 func renderConfig(dir, node string, p Profile) []byte {
 	u := Units[node]
 	a, b := Units[RoleFwA], Units[RoleFwB]
@@ -125,6 +124,7 @@ func renderConfig(dir, node string, p Profile) []byte {
 		vip, watch string
 	}{
 		{IfLAN, a.LAN.String(), b.LAN.String(), LANVIP.String(), "true"},
+		{IfLAN, a.LAN6.String(), b.LAN6.String(), LANVIP6.String(), "true"},
 		{IfWAN, a.WAN.String(), b.WAN.String(), WANVIP.String(), "true"},
 	} {
 		w("  - name: %s", i.name)

@@ -476,7 +476,7 @@ func (l *Lab) Status(ctx context.Context) Status {
 	s.Namespaces.Server = nsName(l.name, RoleServer)
 	s.Namespaces.Switch = nsName(l.name, RoleSwitch)
 	s.ClientIP, s.ServerIP = ClientAddr.Addr(), ServerAddr.Addr()
-	s.VirtualIPs = []netip.Prefix{LANVIP, WANVIP}
+	s.VirtualIPs = []netip.Prefix{LANVIP, LANVIP6, WANVIP}
 	recs := map[string]nodeRecord{}
 	for _, n := range nodes {
 		recs[n] = *l.st.Nodes[n]

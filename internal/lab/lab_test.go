@@ -303,7 +303,7 @@ func TestLabEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []string{`"fw_a":"` + o.Name + `-fw-a"`, `"client_ip":"172.16.121.10"`, `"server_ip":"203.0.113.10"`,
-		`"virtual_ips":["172.16.121.1/24","203.0.113.1/24"]`, `"control_socket":"` + l.Dir() + `/fw-a.sock"`, `"running":true`} {
+		`"virtual_ips":["172.16.121.1/24","fd00:121::1/64","203.0.113.1/24"]`, `"control_socket":"` + l.Dir() + `/fw-a.sock"`, `"running":true`} {
 		if !strings.Contains(string(b), s) {
 			t.Errorf("status JSON lacks %s:\n%s", s, b)
 		}

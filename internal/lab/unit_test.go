@@ -116,10 +116,14 @@ func TestRenderConfig(t *testing.T) {
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("%s config (-want +got):\n%s", tc.node, diff)
 		}
-		if len(got.Interfaces) != 2 {
-			t.Fatalf("%d interfaces, want 2", len(got.Interfaces))
+		if len(got.Interfaces) != 3 {
+			t.Fatalf("%d interfaces, want 3 (lan0 for IPv4 and IPv6, wan0)", len(got.Interfaces))
 		}
-		lan, wan := got.Interfaces[0], got.Interfaces[1]
+		lan, lan6, wan := got.Interfaces[0], got.Interfaces[1], got.Interfaces[2]
+		if lan6.Name != "lan0" || lan6.PrimaryIP != "fd00:121::3/64" || lan6.SecondaryIP != "fd00:121::4/64" ||
+			!cmp.Equal(lan6.VirtualIPs, []string{"fd00:121::1/64"}) || !lan6.Watch {
+			t.Errorf("lan0 IPv6 entry = %+v", lan6)
+		}
 		if lan.Name != "lan0" || lan.PrimaryIP != "172.16.121.3/24" || lan.SecondaryIP != "172.16.121.4/24" ||
 			!cmp.Equal(lan.VirtualIPs, []string{"172.16.121.1/24"}) || !lan.Watch {
 			t.Errorf("lan0 entry = %+v", lan)
