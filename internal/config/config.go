@@ -64,6 +64,10 @@ type Config struct {
 	// StateDir is an absolute path where the daemon keeps its state
 	// across restarts. Default /var/lib/tandem.
 	StateDir string `yaml:"state_dir"`
+	// Sync configures connection-state and dynamic-set synchronization.
+	Sync Sync `yaml:"sync"`
+	// ConfigSync configures the replicated configuration store.
+	ConfigSync ConfigSync `yaml:"config_sync"`
 }
 
 // Cluster holds the settings shared by both units.
@@ -171,9 +175,12 @@ func Default() Config {
 			AnnounceCount:     3,
 			AnnounceInterval:  Duration{10 * time.Millisecond},
 		},
-		Node:     Node{RealtimePriority: 50},
-		Control:  Control{Socket: "/run/tandem/tandem.sock"},
-		StateDir: "/var/lib/tandem",
+		Node: Node{RealtimePriority: 50},
+		Sync: Sync{Enabled: true, Conntrack: true, ConntrackMode: "inject",
+			OutOfSyncAfter: Duration{time.Second}},
+		ConfigSync: ConfigSync{SnapshotInterval: Duration{3 * time.Minute}},
+		Control:    Control{Socket: "/run/tandem/tandem.sock"},
+		StateDir:   "/var/lib/tandem",
 	}
 }
 
@@ -185,6 +192,12 @@ func (c *Config) fillDerived() {
 	}
 	if c.Node.Priority == 0 {
 		c.Node.Priority = int(rolePriority(c.Node.Role))
+	}
+	if c.Sync.Port == 0 {
+		c.Sync.Port = c.HALink.Port + 1
+		if c.HALink.Port >= 65535 {
+			c.Sync.Port = c.HALink.Port - 1
+		}
 	}
 }
 

@@ -95,8 +95,10 @@ func wantV4() *Config {
 				VirtualMAC:  true,
 			},
 		},
-		Control:  Control{Socket: "/run/tandem/tandem.sock"},
-		StateDir: "/var/lib/tandem",
+		Control:    Control{Socket: "/run/tandem/tandem.sock"},
+		StateDir:   "/var/lib/tandem",
+		Sync:       Sync{Enabled: true, Port: 7481, Conntrack: true, ConntrackMode: "inject", OutOfSyncAfter: ms(1000)},
+		ConfigSync: ConfigSync{SnapshotInterval: ms(180000)},
 	}
 }
 
@@ -108,6 +110,7 @@ func wantV6() *Config {
 	c.HALink.Interface = "ha0"
 	c.HALink.PrimaryAddress = pfx("fe80::77:1/64")
 	c.HALink.SecondaryAddress = pfx("fe80::77:2/64")
+	c.Sync.Port = 7481
 	c.Interfaces = []Interface{
 		{
 			Name:        "lan0",
@@ -170,6 +173,16 @@ func TestParseValidVariants(t *testing.T) {
 			check: func(t *testing.T, c *Config) {
 				if len(c.Interfaces) != 3 || c.Interfaces[2].VirtualIPs[0].String() != "fd00:1::1/64" {
 					t.Errorf("interfaces = %+v", c.Interfaces)
+				}
+			},
+		},
+		{
+			name: "sync settings",
+			yaml: edit(t, v4, "\ncontrol:", "\nsync: {max_rate: 20MB/s, nft_sets: [inet/filter/blocklist], conntrack_mode: hold}\nconfig_sync: {hooks: {system: {apply: [/usr/local/bin/apply-system]}}}\ncontrol:"),
+			check: func(t *testing.T, c *Config) {
+				if c.Sync.MaxRate.BytesPerSec != 20e6 || c.Sync.NftSets[0] != "inet/filter/blocklist" || c.Sync.ConntrackMode != "hold" ||
+					c.ConfigSync.Hooks["system"].Apply[0] != "/usr/local/bin/apply-system" {
+					t.Errorf("sync = %+v, config_sync = %+v", c.Sync, c.ConfigSync)
 				}
 			},
 		},
@@ -322,6 +335,11 @@ func TestParseProblems(t *testing.T) {
 		// interfaces
 		{name: "interface name missing", yaml: edit(t, v4, "- name: lan0", `- name: ""`), path: "interfaces[0].name", value: "is required"},
 		{name: "interface name invalid", yaml: edit(t, v4, "- name: lan0", "- name: lan/0"), path: "interfaces[0].name", value: "lan/0"},
+		{name: "sync mode", yaml: edit(t, v4, "\ncontrol:", "\nsync: {conntrack_mode: fast}\ncontrol:"), path: "sync.conntrack_mode", value: "fast"},
+		{name: "sync port is the heartbeat port", yaml: edit(t, v4, "\ncontrol:", "\nsync: {port: 7480}\ncontrol:"), path: "sync.port", value: "7480"},
+		{name: "sync nft set", yaml: edit(t, v4, "\ncontrol:", "\nsync: {nft_sets: [blocklist]}\ncontrol:"), path: "sync.nft_sets[0]", value: "family/table/set"},
+		{name: "sync rate", yaml: edit(t, v4, "\ncontrol:", "\nsync: {max_rate: fast}\ncontrol:"), path: "sync.max_rate", value: "fast", decode: true},
+		{name: "hook category", yaml: edit(t, v4, "\ncontrol:", "\nconfig_sync: {hooks: {polices: {apply: [/bin/true]}}}\ncontrol:"), path: "config_sync.hooks.polices", value: "unknown category"},
 		{name: "interface name duplicate", yaml: edit(t, v4, "- name: wan0", "- name: lan0"), path: "interfaces[1].name", value: "duplicates interfaces[0].name"},
 		{name: "dual-stack entries disagree on watch", yaml: edit(t, v4, "\ncontrol:", "  - {name: lan0, primary_ip: fd00:1::3/64, secondary_ip: fd00:1::4/64, virtual_ips: [fd00:1::1/64], watch: false}\ncontrol:"), path: "interfaces[2].watch", value: "differs from the other entry of lan0"},
 		{name: "primary_ip missing", yaml: edit(t, v4, "    primary_ip: 172.16.121.3/24\n", ""), path: "interfaces[0].primary_ip", value: "is required"},
@@ -450,8 +468,10 @@ func TestDefault(t *testing.T) {
 		Node:    Node{RealtimePriority: 50},
 		HALink: HALink{Port: 7480, HeartbeatInterval: ms(100), DeadInterval: ms(300),
 			LinkHolddown: ms(2000), AnnounceCount: 3, AnnounceInterval: ms(10)},
-		Control:  Control{Socket: "/run/tandem/tandem.sock"},
-		StateDir: "/var/lib/tandem",
+		Control:    Control{Socket: "/run/tandem/tandem.sock"},
+		StateDir:   "/var/lib/tandem",
+		Sync:       Sync{Enabled: true, Conntrack: true, ConntrackMode: "inject", OutOfSyncAfter: ms(1000)},
+		ConfigSync: ConfigSync{SnapshotInterval: ms(180000)},
 	}
 	if diff := cmp.Diff(want, Default(), cmpPrefix); diff != "" {
 		t.Errorf("Default() (-want +got):\n%s", diff)
@@ -680,4 +700,20 @@ func FuzzParse(f *testing.F) {
 		}
 		_ = err.Error()
 	})
+}
+
+func TestParseRate(t *testing.T) {
+	for _, tc := range []struct {
+		in             string
+		bytes, entries int64
+		bad            bool
+	}{
+		{"0", 0, 0, false}, {"off", 0, 0, false}, {"20MB/s", 20e6, 0, false}, {"512KiB/s", 512 << 10, 0, false},
+		{"100B/s", 100, 0, false}, {"50000/s", 0, 50000, false}, {"fast", 0, 0, true}, {"20MB", 0, 0, true}, {"-5/s", 0, 0, true},
+	} {
+		r, err := ParseRate(tc.in)
+		if (err != nil) != tc.bad || r.BytesPerSec != tc.bytes || r.EntriesPerSec != tc.entries {
+			t.Errorf("ParseRate(%q) = %+v, %v", tc.in, r, err)
+		}
+	}
 }

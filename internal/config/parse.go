@@ -174,8 +174,10 @@ func (tc *treeChecker) value(n *yaml.Node, t reflect.Type, path string) {
 		switch {
 		case isNull(n):
 			// yaml.v3 leaves the default in place.
-		case t == reflect.TypeFor[Duration]() || t == reflect.TypeFor[netip.Prefix]():
+		case t == reflect.TypeFor[Duration]() || t == reflect.TypeFor[netip.Prefix]() || t == reflect.TypeFor[Rate]():
 			tc.leaf(n, t, path)
+		case t.Kind() == reflect.Map:
+			tc.dict(n, t, path)
 		case t.Kind() == reflect.Struct:
 			tc.mapping(n, t, path, map[string]int{})
 		case t.Kind() == reflect.Slice:
@@ -220,6 +222,23 @@ func (tc *treeChecker) mapping(n *yaml.Node, t reflect.Type, path string, seen m
 		}
 		seen[k.Value] = k.Line
 		tc.value(v, f.Type, fpath)
+	}
+}
+
+// dict checks a mapping with free keys (config_sync.hooks): every value
+// against the element type.
+func (tc *treeChecker) dict(n *yaml.Node, t reflect.Type, path string) {
+	if n.Kind != yaml.MappingNode {
+		tc.problems.add(path, scalarValue(n), "must be a mapping of name: value, not %s (line %d)", describe(n), n.Line)
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			tc.problems.add(path, "", "keys must be plain names, not %s (line %d)", describe(k), k.Line)
+			continue
+		}
+		tc.value(v, t.Elem(), join(path, k.Value))
 	}
 }
 
@@ -278,6 +297,8 @@ func expected(t reflect.Type, v string) (want, hint string) {
 		if _, err := strconv.ParseFloat(v, 64); err == nil {
 			hint = fmt.Sprintf("; add a unit, e.g. %sms or %ss", v, v)
 		}
+	case t == reflect.TypeFor[Rate]():
+		want = `0 (off), bytes per second such as "20MB/s" or entries per second such as "50000/s"`
 	case t == reflect.TypeFor[netip.Prefix]():
 		want = "an address with prefix length such as 192.0.2.1/24 or fd00::1/64"
 		if a, err := netip.ParseAddr(v); err == nil && a.Zone() == "" {

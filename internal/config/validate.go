@@ -71,6 +71,7 @@ func (c *Config) Validate() error {
 	c.validateHALink(&p)
 	c.validateInterfaces(&p)
 	c.validateUnique(&p)
+	c.validateSync(&p)
 	absPath(&p, "control.socket", c.Control.Socket)
 	absPath(&p, "state_dir", c.StateDir)
 	return p.err()
