@@ -219,6 +219,11 @@ func TestLabFailoverModes(t *testing.T) {
 			}
 			gap := recovered(t, p, mark)
 			t.Logf("%s: outage %.1f ms", m.name, float64(gap)/1e6)
+			// The IPv6 virtual IP answers from the new ACTIVE too.
+			waitFor(t, 3*time.Second, "the client reaching the IPv6 virtual IP", func() bool {
+				_, err := l.Exec(context.Background(), lab.RoleClient, "ping", "-6", "-c1", "-W1", lab.LANVIP6.Addr().String())
+				return err == nil
+			})
 			if m.name == "sigterm" || m.name == "linkdown" {
 				if got := l.vips("fw-a"); len(got) != 0 {
 					t.Errorf("fw-a still holds %v after %s", got, m.name)
