@@ -60,6 +60,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newConfigCmd(),
 		newFailoverCmd(),
 		newPromoteCmd(),
+		newStatsCmd(),
 		newVersionCmd(),
 	)
 	for _, extra := range extraCommands {

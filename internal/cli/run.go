@@ -68,7 +68,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, key []byte, logger *slog
 	if err := daemon.SetRealtime(cfg.Node.RealtimePriority); err != nil {
 		logger.Warn("running without realtime priority", "err", err)
 	}
-	opts, cleanup, err := daemon.Adapters(ctx, cfg, logger)
+	opts, cleanup, err := daemon.Adapters(ctx, cfg, key, logger)
 	if err != nil {
 		return err
 	}

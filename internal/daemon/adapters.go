@@ -25,11 +25,8 @@ import (
 // interface, conflict detection on the wire, and watching of the watched
 // links. An interface that does not exist is an error before anything is
 // started. The returned cleanup stops what it started.
-func Adapters(ctx context.Context, cfg *config.Config, logger *slog.Logger) (Options, func(), error) {
+func Adapters(ctx context.Context, cfg *config.Config, key []byte, logger *slog.Logger) (Options, func(), error) {
 	o := Options{Logger: logger}
-	if len(cfg.Interfaces) == 0 {
-		return o, func() {}, nil
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	cleanup := func() { cancel(); wg.Wait() }
@@ -39,9 +36,25 @@ func Adapters(ctx context.Context, cfg *config.Config, logger *slog.Logger) (Opt
 		cleanup()
 		return o, nil, fmt.Errorf("open own network namespace: %w", err)
 	}
+	wg.Go(func() { <-ctx.Done(); nsh.Close() })
+	if cfg.Sync.Enabled {
+		eng, err := newStateSync(cfg, key, nsh, logger)
+		if err != nil {
+			cleanup()
+			return o, nil, err
+		}
+		o.Sync = eng
+		wg.Go(func() {
+			if err := eng.Run(ctx); err != nil {
+				logger.Error("state sync stopped", "err", err)
+			}
+		})
+	}
+	if len(cfg.Interfaces) == 0 {
+		return o, cleanup, nil
+	}
 	dp, err := newVIPDataPlane(cfg, nsh, logger)
 	if err != nil {
-		nsh.Close()
 		cleanup()
 		return o, nil, err
 	}
@@ -77,8 +90,6 @@ func Adapters(ctx context.Context, cfg *config.Config, logger *slog.Logger) (Opt
 			}
 		})
 	}
-	wg.Go(func() { <-ctx.Done(); nsh.Close() })
-
 	conflicts := make(chan struct{}, 1)
 	o.Conflicts = conflicts
 	raw := make(chan announce.Conflict, 16)
@@ -94,7 +105,7 @@ func Adapters(ctx context.Context, cfg *config.Config, logger *slog.Logger) (Opt
 		for {
 			select {
 			case c := <-raw:
-				logger.Warn("virtual IP claimed by another host", "interface", c.Interface, "addr", c.Addr, "their_mac", c.TheirMAC)
+				logger.Warn("virtual IP claimed by another host", "interface", c.Interface, "addr", c.Addr, "their_mac", c.TheirMAC.String())
 				select {
 				case conflicts <- struct{}{}:
 				default: // one pending is enough

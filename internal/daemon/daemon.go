@@ -14,6 +14,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -58,6 +59,19 @@ type Options struct {
 	Links <-chan LinkEvent
 	// Conflicts delivers "another unit answers for our addresses" reports.
 	Conflicts <-chan struct{}
+	// Sync is state synchronization, when enabled.
+	Sync Syncer
+}
+
+// Syncer is state synchronization as the event loop sees it: it is told
+// the role and reports the unit's sync status. Implemented by
+// internal/statesync.
+type Syncer interface {
+	SetRole(active bool)
+	StatusChanges() <-chan ha.SyncStatus
+	// Stats is what `tandem stats` shows: this unit's view and the peer's
+	// last report (raw JSON, nil if none).
+	Stats() (local any, peer []byte)
 }
 
 // Daemon is one running unit.
@@ -204,6 +218,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			now := time.Now()
 			d.log.Info("watched link", "link", ev.Name, "up", ev.Up, "reason", ev.Reason)
 			d.apply(now, d.m.LinkChanged(now, ev.Name, ev.Up, ev.Reason))
+		case st := <-d.syncChanges():
+			now := time.Now()
+			d.log.Info("sync status", "sync", st)
+			if st == ha.SyncOutOfSync {
+				d.log.Warn("out_of_sync")
+			}
+			d.apply(now, d.m.SetSync(now, st))
 		case <-d.opts.Conflicts:
 			if d.holding {
 				d.log.Warn("another unit answers for our virtual IPs; announcing again")
@@ -238,11 +259,17 @@ func (d *Daemon) apply(now time.Time, r ha.Result) {
 			d.log.Error("acquire virtual IPs", "err", err)
 		}
 		d.holding = true
+		if d.opts.Sync != nil {
+			d.opts.Sync.SetRole(true)
+		}
 	case !active && d.holding:
 		if err := d.opts.DataPlane.Release(); err != nil {
 			d.log.Error("release virtual IPs", "err", err)
 		}
 		d.holding = false
+		if d.opts.Sync != nil {
+			d.opts.Sync.SetRole(false)
+		}
 	}
 	if r.SendNow {
 		d.send()
@@ -303,6 +330,13 @@ func (d *Daemon) shutdown() error {
 	return err
 }
 
+func (d *Daemon) syncChanges() <-chan ha.SyncStatus {
+	if d.opts.Sync == nil {
+		return nil
+	}
+	return d.opts.Sync.StatusChanges()
+}
+
 // Control answers one control request through the event loop.
 func (d *Daemon) Control(ctx context.Context, req control.Request) (any, error) {
 	reply := make(chan ctlReply, 1)
@@ -324,6 +358,12 @@ func (d *Daemon) handle(req control.Request) (any, error) {
 	switch req.Op {
 	case "status":
 		return d.status(now), nil
+	case "stats":
+		if d.opts.Sync == nil {
+			return nil, errors.New("state sync is off on this unit (sync.enabled: false)")
+		}
+		local, peer := d.opts.Sync.Stats()
+		return map[string]any{"node": d.cfg.Node.Name, "state": d.m.State().String(), "local": local, "peer": json.RawMessage(orNull(peer))}, nil
 	case "failover":
 		r, err := d.m.RequestFailover(now, req.Force)
 		if err != nil {
@@ -345,6 +385,13 @@ func (d *Daemon) handle(req control.Request) (any, error) {
 		return d.status(now), nil
 	}
 	return nil, fmt.Errorf("unknown operation %q (this daemon is tandem %s)", req.Op, version.String())
+}
+
+func orNull(b []byte) []byte {
+	if len(b) == 0 {
+		return []byte("null")
+	}
+	return b
 }
 
 type nopDataPlane struct{}

@@ -31,10 +31,16 @@ type testLab struct {
 
 func newLab(t *testing.T, profile string) *testLab {
 	t.Helper()
+	return newLabOpts(t, profile, "")
+}
+
+// newLabOpts is newLab with extra YAML appended to both units' config.
+func newLabOpts(t *testing.T, profile, extra string) *testLab {
+	t.Helper()
 	netnstest.RequireRoot(t)
 	var b [3]byte
 	_, _ = rand.Read(b[:])
-	o := lab.Options{Name: "e" + hex.EncodeToString(b[:]), Profile: profile, Binary: tandemBin,
+	o := lab.Options{Name: "e" + hex.EncodeToString(b[:]), Profile: profile, Binary: tandemBin, ExtraConfig: extra,
 		NodeState: func(ctx context.Context, socket string) (string, error) {
 			st, err := status(t, socket)
 			return st.State, err

@@ -44,6 +44,7 @@ node: {name: %s, role: %s}
 ha_link: {interface: lo, primary_address: 127.0.0.1/8, secondary_address: 127.0.0.2/8, port: %d, heartbeat_interval: %s, dead_interval: %s}
 control: {socket: %s}
 state_dir: %s
+sync: {conntrack: false}  # both units share this machine's conntrack table
 `, preemptDelay, n.name, n.role, p.port, hb, dead, p.socket(n.name), filepath.Join(p.dir, n.name+".state"))
 		if err := os.WriteFile(p.config(n.name), []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

@@ -34,6 +34,10 @@ var nameRE = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
 type Options struct {
 	// Name of the lab: 1 to 8 characters from a-z and 0-9.
 	Name string
+	// ExtraConfig is YAML appended to both units' generated configuration
+	// (top-level sections the lab does not write, e.g. "sync: {enabled:
+	// false}" for a negative control).
+	ExtraConfig string
 	// Profile is a key of Profiles.
 	Profile string
 	// Binary is the tandem executable, run in each firewall namespace as
@@ -252,7 +256,7 @@ func Up(ctx context.Context, o Options) (_ *Lab, err error) {
 	}
 	for _, n := range nodes {
 		cfg := configPath(dir, n)
-		if err := os.WriteFile(cfg, renderConfig(dir, n, p), 0o600); err != nil {
+		if err := os.WriteFile(cfg, append(renderConfig(dir, n, p), o.ExtraConfig...), 0o600); err != nil {
 			return nil, fmt.Errorf("write %s: %w", cfg, err)
 		}
 		l.st.Nodes[n] = &nodeRecord{Netns: nsName(o.Name, n), Config: cfg, Log: logPath(dir, n), Socket: socketPath(dir, n)}
