@@ -67,6 +67,17 @@ func (p *pair) state(t *testing.T, n string) string {
 	return st.State
 }
 
+// waitElected waits until fw-a is ACTIVE, fw-b STANDBY, and both are
+// IN_SYNC (an operator's failover is refused before that, as it should be).
+func (p *pair) waitElected(t *testing.T) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "fw-a ACTIVE, fw-b STANDBY, both IN_SYNC", func() bool {
+		a, errA := status(t, p.socket("fw-a"))
+		b, errB := status(t, p.socket("fw-b"))
+		return errA == nil && errB == nil && a.State == "ACTIVE" && b.State == "STANDBY" && a.Sync == "IN_SYNC" && b.Sync == "IN_SYNC"
+	})
+}
+
 func lastTransition(st daemon.Status) daemon.TransitionView {
 	if len(st.History) == 0 {
 		return daemon.TransitionView{}
@@ -82,9 +93,7 @@ func TestLoopbackPair(t *testing.T) {
 	p := newPair(t, 50*time.Millisecond, 150*time.Millisecond, 600*time.Millisecond)
 	a := p.start(t, "fw-a")
 	p.start(t, "fw-b")
-	waitFor(t, 5*time.Second, "fw-a ACTIVE and fw-b STANDBY", func() bool {
-		return p.state(t, "fw-a") == "ACTIVE" && p.state(t, "fw-b") == "STANDBY"
-	})
+	p.waitElected(t)
 
 	// Power-fail the ACTIVE's daemon.
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -136,9 +145,7 @@ func TestLoopbackSIGTERMHandsOverAtOnce(t *testing.T) {
 	p := newPair(t, 100*time.Millisecond, 3*time.Second, time.Second)
 	a := p.start(t, "fw-a")
 	p.start(t, "fw-b")
-	waitFor(t, 5*time.Second, "fw-a ACTIVE and fw-b STANDBY", func() bool {
-		return p.state(t, "fw-a") == "ACTIVE" && p.state(t, "fw-b") == "STANDBY"
-	})
+	p.waitElected(t)
 	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -162,9 +169,7 @@ func TestLoopbackOperatorFailover(t *testing.T) {
 	p := newPair(t, 50*time.Millisecond, 150*time.Millisecond, 200*time.Millisecond)
 	p.start(t, "fw-a")
 	p.start(t, "fw-b")
-	waitFor(t, 5*time.Second, "fw-a ACTIVE", func() bool {
-		return p.state(t, "fw-a") == "ACTIVE" && p.state(t, "fw-b") == "STANDBY"
-	})
+	p.waitElected(t)
 	out, code := runCLI(t, "failover", "--socket", p.socket("fw-a"))
 	if code != 0 || !strings.Contains(out, "fw-a is STANDBY") {
 		t.Fatalf("failover on the ACTIVE: exit %d: %s", code, out)
@@ -173,6 +178,12 @@ func TestLoopbackOperatorFailover(t *testing.T) {
 	if a, b := p.state(t, "fw-a"), p.state(t, "fw-b"); a != "STANDBY" || b != "ACTIVE" {
 		t.Fatalf("after failover on fw-a: fw-a %s, fw-b %s", a, b)
 	}
+	// fw-a, now a standby, takes the whole state from fw-b before an
+	// operator may move the role back to it.
+	waitFor(t, 5*time.Second, "fw-a IN_SYNC as the standby", func() bool {
+		st, err := status(t, p.socket("fw-a"))
+		return err == nil && st.Sync == "IN_SYNC"
+	})
 	out, code = runCLI(t, "failover", "--socket", p.socket("fw-a"))
 	if code != 0 || !strings.Contains(out, "fw-a is ACTIVE") {
 		t.Fatalf("failover on the STANDBY: exit %d: %s", code, out)
@@ -191,9 +202,7 @@ func TestLoopbackBadPacketsChangeNothing(t *testing.T) {
 	p := newPair(t, 50*time.Millisecond, 150*time.Millisecond, 200*time.Millisecond)
 	p.start(t, "fw-a")
 	p.start(t, "fw-b")
-	waitFor(t, 5*time.Second, "fw-a ACTIVE", func() bool {
-		return p.state(t, "fw-a") == "ACTIVE" && p.state(t, "fw-b") == "STANDBY"
-	})
+	p.waitElected(t)
 	before, _ := status(t, p.socket("fw-b"))
 
 	conn, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3)}, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: p.port})

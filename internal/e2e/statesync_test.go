@@ -65,8 +65,15 @@ func survive(t *testing.T, l *testLab, n int, fail func() error) (ok, broken int
 	if err := fail(); err != nil {
 		t.Fatal(err)
 	}
-	failedAt := time.Now()
 	l.waitStates(5*time.Second, "", "ACTIVE")
+	// The failover is complete when the client and the server send to the
+	// new ACTIVE (after a daemon SIGKILL the old one still forwards until
+	// they do); connections are judged on what they do after that.
+	lanB, wanB := l.mac("fw-b", "lan0").String(), l.mac("fw-b", "wan0").String()
+	waitFor(t, 5*time.Second, "the client and the server sending to fw-b", func() bool {
+		return l.neighMAC(lab.RoleClient, lab.LANVIP.Addr()) == lanB && l.neighMAC(lab.RoleServer, lab.WANVIP.Addr()) == wanB
+	})
+	failedAt := time.Now()
 	// TCP retransmits within a second or two of the takeover.
 	deadline := time.Now().Add(15 * time.Second)
 	for {

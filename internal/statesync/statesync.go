@@ -45,6 +45,7 @@ const (
 	KindRepl  byte = 'R' // internal/repl frames
 	KindStats byte = 'S' // the peer's stats summary, for `tandem stats --compare`
 	KindExtra byte = 'X' // frames of an Extra handler (config sync)
+	KindRole  byte = 'A' // "I am now the source" / "I am now a sink"
 )
 
 // Config is what a unit needs to synchronize state.
@@ -340,6 +341,7 @@ func (e *Engine) becomeSource(now time.Time) {
 	if e.linkUp {
 		e.src.Connected(now)
 	}
+	e.announceRole()
 	e.startFeeds()
 	e.log.Info("state sync: source (ACTIVE)")
 }
@@ -358,10 +360,11 @@ func (e *Engine) becomeSink(now time.Time) {
 		}
 		e.store = st
 	}
-	e.sink = repl.NewSink(repl.SinkConfig{SinkID: newID(), OutOfSyncAfter: e.outOfSyncAfter()}, e.store)
+	e.sink = repl.NewSink(repl.SinkConfig{SinkID: newID(), OutOfSyncAfter: e.outOfSyncAfter(), RetryAfter: time.Second}, e.store)
 	if e.linkUp {
 		e.sink.Connected(now)
 	}
+	e.announceRole()
 	e.log.Info("state sync: sink (standby)")
 }
 
@@ -508,8 +511,20 @@ func (e *Engine) onLink(now time.Time, ev syncchan.Event) {
 			case e.sink != nil:
 				err = e.sink.Handle(now, body)
 			}
-			if err != nil {
+			switch {
+			case err == nil:
+			case strings.Contains(err.Error(), "sent by a"):
+				// Both units in the same role for a moment (a role change
+				// in flight): the frame is not for us.
+				e.log.Debug("state sync: frame for the other role", "err", err)
+			default:
 				e.log.Warn("state sync: bad frame from the peer", "err", err)
+			}
+		case KindRole:
+			if len(body) == 1 && body[0] == 1 && e.sink != nil {
+				// The peer just became the source: start over with it.
+				e.sink.Disconnected(now)
+				e.sink.Connected(now)
 			}
 		case KindStats:
 			e.mu.Lock()
@@ -521,6 +536,22 @@ func (e *Engine) onLink(now time.Time, ev syncchan.Event) {
 			}
 		}
 	}
+}
+
+// announceRole tells the peer this unit's replication role, so that a sink
+// whose Hello reached the peer while it was a sink too says it again to the
+// new source at once.
+func (e *Engine) announceRole() {
+	if e.linkUp {
+		_ = e.link.SendOn(e.session, []byte{KindRole, b2byte(e.active)})
+	}
+}
+
+func b2byte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (e *Engine) sendExtra(frames ...[]byte) error {
