@@ -92,55 +92,53 @@ func (l *testLab) socket(node string) string { return filepath.Join(l.Dir(), nod
 // allVIPs are the lab's virtual IPs: LAN (IPv4 and IPv6) and WAN.
 var allVIPs = []netip.Prefix{lab.LANVIP, lab.LANVIP6, lab.WANVIP}
 
+// netlink runs fn with a netlink handle in node's namespace.
+func (l *testLab) netlink(node string, fn func(h *netlink.Handle) error) {
+	l.t.Helper()
+	nsh, err := l.NsHandle(node)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer h.Close()
+	if err := fn(h); err != nil {
+		l.t.Fatalf("%s: %v", node, err)
+	}
+}
+
 // vips lists the lab's virtual IPs present in node's kernel.
 func (l *testLab) vips(node string) []netip.Prefix {
 	l.t.Helper()
-	nsh, err := l.NsHandle(node)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer h.Close()
-	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		l.t.Fatal(err)
-	}
 	var out []netip.Prefix
-	for _, a := range addrs {
-		p, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
-		}
-		for _, v := range allVIPs {
-			if p.Unmap() == v.Addr() {
-				out = append(out, v)
+	l.netlink(node, func(h *netlink.Handle) error {
+		addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+		for _, a := range addrs {
+			p, ok := netip.AddrFromSlice(a.IP)
+			for _, v := range allVIPs {
+				if ok && p.Unmap() == v.Addr() {
+					out = append(out, v)
+				}
 			}
 		}
-	}
+		return err
+	})
 	return out
 }
 
-func (l *testLab) mac(node, link string) net.HardwareAddr {
+func (l *testLab) mac(node, link string) (mac net.HardwareAddr) {
 	l.t.Helper()
-	nsh, err := l.NsHandle(node)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer h.Close()
-	lk, err := h.LinkByName(link)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	return lk.Attrs().HardwareAddr
+	l.netlink(node, func(h *netlink.Handle) error {
+		lk, err := h.LinkByName(link)
+		if err == nil {
+			mac = lk.Attrs().HardwareAddr
+		}
+		return err
+	})
+	return mac
 }
 
 // neighMAC is the MAC that role's neighbour table holds for addr ("" if none).
