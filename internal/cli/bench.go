@@ -40,13 +40,10 @@ type benchFlags struct {
 	probeRT             int
 }
 
-// probeCommand runs the probe agent: this binary, hidden subcommand.
+// probeCommand runs the probe agent: the benchmark's own copy of this
+// binary, hidden subcommand.
 func (f *benchFlags) probeCommand() ([]string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	return []string{exe, "bench", "probe-agent", "--lab", "{lab}", "--rt-priority", fmt.Sprint(f.probeRT)}, nil
+	return []string{bench.SelfArg, "bench", "probe-agent", "--lab", "{lab}", "--rt-priority", fmt.Sprint(f.probeRT)}, nil
 }
 
 func (f *benchFlags) add(c *cobra.Command, name, profile string) {
@@ -180,10 +177,6 @@ func newBenchStabilityCmd() *cobra.Command {
 			if duration <= 0 {
 				return &exitError{2, fmt.Errorf("--duration must be positive")}
 			}
-			exe, err := os.Executable()
-			if err != nil {
-				return err
-			}
 			probe, err := f.probeCommand()
 			if err != nil {
 				return err
@@ -192,7 +185,7 @@ func newBenchStabilityCmd() *cobra.Command {
 			defer stop()
 			rep, err := bench.RunStability(ctx, bench.StabilityOptions{
 				Lab: lo, Duration: duration, Burners: burners, Keepalived: ka,
-				BurnCommand:  []string{exe, "bench", "burn", "--duration", "{duration}"},
+				BurnCommand:  []string{bench.SelfArg, "bench", "burn", "--duration", "{duration}"},
 				ProbeCommand: probe, LogsDir: f.logs, Progress: c.ErrOrStderr(),
 			})
 			if rep != nil {
@@ -255,6 +248,15 @@ func newBenchProbeAgentCmd() *cobra.Command {
 	return cmd
 }
 
+// printForeignRT warns about realtime processes of others that ran beside
+// the benchmark's daemons.
+func printForeignRT(w io.Writer, impl string, f *bench.ForeignRT) {
+	if f == nil || f.CPUSeconds == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n%s: WARNING other realtime processes used %.1f CPU-seconds during the run: %s", impl, f.CPUSeconds, strings.Join(f.Top, "; "))
+}
+
 func fmtMs(p *float64) string {
 	if p == nil {
 		return "-"
@@ -308,6 +310,7 @@ func printFailover(w io.Writer, jsonOut bool, rep *bench.FailoverReport) error {
 		if len(r.Scheduling) > 0 {
 			fmt.Fprintf(w, "\n%s scheduling: fw-a %s; fw-b %s", r.Implementation, r.Scheduling["fw-a"], r.Scheduling["fw-b"])
 		}
+		printForeignRT(w, r.Implementation, r.ForeignRT)
 		for _, e := range r.Errors {
 			fmt.Fprintf(w, "\n%s: ERROR %s", r.Implementation, e)
 		}
@@ -352,6 +355,9 @@ func printStability(w io.Writer, jsonOut bool, rep *bench.StabilityReport) error
 		if r == nil {
 			continue
 		}
+		fmt.Fprintf(w, "%s scheduling: fw-a %s; fw-b %s", r.Implementation, r.Scheduling["fw-a"], r.Scheduling["fw-b"])
+		printForeignRT(w, r.Implementation, r.ForeignRT)
+		fmt.Fprintln(w)
 		for _, e := range r.Events {
 			if r.Implementation == "tandem" {
 				fmt.Fprintf(w, "%s: %s %s %s -> %s: %s\n", r.Implementation, e.At.Format("15:04:05.000"), e.Unit, e.From, e.To, e.Reason)

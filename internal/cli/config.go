@@ -42,5 +42,6 @@ func newConfigCmd() *cobra.Command {
 			return nil
 		},
 	})
+	cmd.AddCommand(configDocCommands()...)
 	return cmd
 }

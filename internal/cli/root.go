@@ -61,6 +61,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newFailoverCmd(),
 		newPromoteCmd(),
 		newStatsCmd(),
+		newSyncCmd(),
 		newVersionCmd(),
 	)
 	for _, extra := range extraCommands {

@@ -16,7 +16,9 @@ import (
 
 	"github.com/tandem-ha/tandem/internal/announce"
 	"github.com/tandem-ha/tandem/internal/config"
+	"github.com/tandem-ha/tandem/internal/configsync"
 	"github.com/tandem-ha/tandem/internal/linkwatch"
+	"github.com/tandem-ha/tandem/internal/statesync"
 	"github.com/tandem-ha/tandem/internal/vip"
 )
 
@@ -37,8 +39,26 @@ func Adapters(ctx context.Context, cfg *config.Config, key []byte, logger *slog.
 		return o, nil, fmt.Errorf("open own network namespace: %w", err)
 	}
 	wg.Go(func() { <-ctx.Done(); nsh.Close() })
+	var extra statesync.Extra
+	if cfg.StateDir != "" {
+		// Configuration sync. The HA daemon runs without it rather than
+		// not at all: a unit that cannot open its store still fails over.
+		svc, err := configsync.Open(cfg, logger)
+		if err != nil {
+			logger.Error("configuration sync is off: cannot open the config store", "err", err)
+		} else {
+			o.Config, extra = svc, svc
+			inner := cleanup
+			cleanup = func() {
+				inner()
+				if err := svc.Close(); err != nil {
+					logger.Warn("close config store", "err", err)
+				}
+			}
+		}
+	}
 	if cfg.Sync.Enabled {
-		eng, err := newStateSync(cfg, key, nsh, logger)
+		eng, err := newStateSync(cfg, key, nsh, logger, extra)
 		if err != nil {
 			cleanup()
 			return o, nil, err

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/tandem-ha/tandem/internal/config"
@@ -61,6 +62,24 @@ type Options struct {
 	Conflicts <-chan struct{}
 	// Sync is state synchronization, when enabled.
 	Sync Syncer
+	// Config is configuration sync (the replicated config store), when a
+	// state directory is set.
+	Config ConfigService
+}
+
+// ConfigService is configuration sync as the daemon sees it: it answers
+// the "config.*" and "sync.force" control operations, follows the HA role
+// and reports the store's head for the heartbeats. Implemented by
+// internal/configsync.
+type ConfigService interface {
+	// Handle answers one operation. active says whether this unit is
+	// ACTIVE; activeName and activeAddr name the ACTIVE unit ("" when not
+	// known) for the refusal of a write on the STANDBY.
+	Handle(op string, args json.RawMessage, active bool, activeName, activeAddr string) (any, error)
+	// SetActive follows the role: writes are accepted only while active.
+	SetActive(active bool)
+	// Head is the config revision and truncated content hash.
+	Head() (rev uint64, hash [8]byte)
 }
 
 // Syncer is state synchronization as the event loop sees it: it is told
@@ -91,6 +110,8 @@ type Daemon struct {
 	lastRx  *wire.Heartbeat // latest heartbeat from the peer, for status
 	ctl     chan ctlCall
 	holding bool // the data plane holds the virtual IPs
+
+	cfgDiffSince time.Time // when the units' config heads started to differ (zero: they agree)
 }
 
 type ctlCall struct {
@@ -208,6 +229,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return d.shutdown()
 		case r := <-rx:
 			d.lastRx = &r.HB
+			d.trackConfig(r.At)
 			d.apply(r.At, d.m.HeartbeatReceived(r.At, r.Path, advertOf(&r.HB)))
 		case <-hb.C:
 			d.send()
@@ -262,6 +284,9 @@ func (d *Daemon) apply(now time.Time, r ha.Result) {
 		if d.opts.Sync != nil {
 			d.opts.Sync.SetRole(true)
 		}
+		if d.opts.Config != nil {
+			d.opts.Config.SetActive(true)
+		}
 	case !active && d.holding:
 		if err := d.opts.DataPlane.Release(); err != nil {
 			d.log.Error("release virtual IPs", "err", err)
@@ -269,6 +294,9 @@ func (d *Daemon) apply(now time.Time, r ha.Result) {
 		d.holding = false
 		if d.opts.Sync != nil {
 			d.opts.Sync.SetRole(false)
+		}
+		if d.opts.Config != nil {
+			d.opts.Config.SetActive(false)
 		}
 	}
 	if r.SendNow {
@@ -279,6 +307,11 @@ func (d *Daemon) apply(now time.Time, r ha.Result) {
 func (d *Daemon) send() {
 	a := d.m.Advert()
 	d.seq++
+	var cfgRev uint64
+	var cfgHash [8]byte
+	if d.opts.Config != nil {
+		cfgRev, cfgHash = d.opts.Config.Head()
+	}
 	d.tr.Send(&wire.Heartbeat{
 		Version:         wire.Version,
 		ClusterID:       uint8(d.cfg.Cluster.ID),
@@ -294,6 +327,8 @@ func (d *Daemon) send() {
 		BootID:          d.bootID,
 		Seq:             d.seq,
 		SentAtNanos:     int64(time.Since(d.start)),
+		ConfigVersion:   cfgRev,
+		ConfigHash:      cfgHash,
 	})
 }
 
@@ -338,7 +373,22 @@ func (d *Daemon) syncChanges() <-chan ha.SyncStatus {
 }
 
 // Control answers one control request through the event loop.
+// Configuration operations only ask the loop for the role: they run here,
+// beside it, because a publish runs validate and apply hooks (nft) that
+// must never delay a heartbeat.
 func (d *Daemon) Control(ctx context.Context, req control.Request) (any, error) {
+	if isConfigOp(req.Op) && d.opts.Config != nil {
+		v, err := d.call(ctx, control.Request{Op: opConfigRole})
+		if err != nil {
+			return nil, err
+		}
+		r := v.(configRole)
+		return d.opts.Config.Handle(req.Op, req.Args, r.active, r.name, r.addr)
+	}
+	return d.call(ctx, req)
+}
+
+func (d *Daemon) call(ctx context.Context, req control.Request) (any, error) {
 	reply := make(chan ctlReply, 1)
 	select {
 	case d.ctl <- ctlCall{req, reply}:
@@ -372,6 +422,8 @@ func (d *Daemon) handle(req control.Request) (any, error) {
 		d.log.Info("operator failover", "force", req.Force, "state", d.m.State())
 		d.apply(now, r)
 		return d.status(now), nil
+	case opConfigRole:
+		return d.configRole(), nil
 	case "promote":
 		if !req.Force {
 			return nil, errors.New("promote makes this unit ACTIVE whatever the peer says; it is for disaster recovery when the old ACTIVE is gone for good. Confirm with --force")
@@ -384,7 +436,53 @@ func (d *Daemon) handle(req control.Request) (any, error) {
 		d.apply(now, r)
 		return d.status(now), nil
 	}
+	if isConfigOp(req.Op) {
+		if d.opts.Config == nil {
+			return nil, fmt.Errorf("configuration sync is off on this unit (no state_dir, or its config store could not be opened: see the daemon's log)")
+		}
+		r := d.configRole()
+		return d.opts.Config.Handle(req.Op, req.Args, r.active, r.name, r.addr)
+	}
 	return nil, fmt.Errorf("unknown operation %q (this daemon is tandem %s)", req.Op, version.String())
+}
+
+// opConfigRole is the loop-internal request behind configuration operations.
+const opConfigRole = "internal.config-role"
+
+func isConfigOp(op string) bool { return strings.HasPrefix(op, "config.") || op == "sync.force" }
+
+// configRole is what a configuration operation needs from the machine.
+type configRole struct {
+	active     bool
+	name, addr string // the ACTIVE unit, when it is the peer or this unit
+}
+
+func (d *Daemon) configRole() configRole {
+	r := configRole{active: d.m.State() == ha.StateActive}
+	if r.active {
+		r.name, r.addr = d.cfg.Node.Name, d.cfg.LocalHAAddress().Addr().String()
+		return r
+	}
+	ms := d.m.Status(time.Now())
+	if ms.Peer.Known && ms.Peer.Alive && ms.Peer.Advert.State == ha.StateActive {
+		// The heartbeat does not carry names: configsync fills it in from
+		// the peer's hello on the sync channel.
+		r.addr = d.cfg.PeerHAAddress().Addr().String()
+	}
+	return r
+}
+
+// trackConfig notes since when the two units' configuration heads differ.
+func (d *Daemon) trackConfig(now time.Time) {
+	if d.opts.Config == nil || d.lastRx == nil {
+		return
+	}
+	rev, hash := d.opts.Config.Head()
+	if rev == d.lastRx.ConfigVersion && hash == d.lastRx.ConfigHash {
+		d.cfgDiffSince = time.Time{}
+	} else if d.cfgDiffSince.IsZero() {
+		d.cfgDiffSince = now
+	}
 }
 
 func orNull(b []byte) []byte {

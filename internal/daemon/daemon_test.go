@@ -18,7 +18,7 @@ func loopbackConfig(t *testing.T, role string, port int) *config.Config {
 	name := map[string]string{"primary": "fw-a", "secondary": "fw-b"}[role]
 	cfg, err := config.Parse(fmt.Appendf(nil, `cluster: {id: 9, auth_key_file: /k, preempt: true, preempt_delay: 100ms}
 node: {name: %s, role: %s, realtime_priority: 0}
-ha_link: {interface: lo, primary_address: 127.0.0.1/8, secondary_address: 127.0.0.2/8, port: %d, heartbeat_interval: 10ms, dead_interval: 30ms}
+ha_link: {interface: lo, primary_address: 127.0.0.1/8, secondary_address: 127.0.0.2/8, port: %d, heartbeat_interval: 20ms, dead_interval: 200ms}
 `, name, role, port))
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 
 // newStateSync builds the state-sync engine of a configuration: the sync
 // channel between the HA addresses, the conntrack and nft set adapters.
-func newStateSync(cfg *config.Config, key []byte, nsh netns.NsHandle, logger *slog.Logger) (*statesync.Engine, error) {
+func newStateSync(cfg *config.Config, key []byte, nsh netns.NsHandle, logger *slog.Logger, extra statesync.Extra) (*statesync.Engine, error) {
 	port := uint16(cfg.Sync.Port)
 	role := uint8(1)
 	if cfg.Node.Role == config.RoleSecondary {
@@ -58,5 +58,6 @@ func newStateSync(cfg *config.Config, key []byte, nsh netns.NsHandle, logger *sl
 		MaxRateEntries: int(cfg.Sync.MaxRate.EntriesPerSec),
 		OutOfSyncAfter: cfg.Sync.OutOfSyncAfter.Duration,
 		Logger:         logger,
+		Extra:          extra,
 	})
 }

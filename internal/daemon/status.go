@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"encoding/hex"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -31,8 +33,20 @@ type Status struct {
 	Heartbeat   Timing            `json:"timing"`
 	Peer        PeerStatus        `json:"peer"`
 	Paths       []PathStatus      `json:"paths"`
+	Config      *ConfigHeads      `json:"config,omitempty"`
 	Warnings    []string          `json:"warnings"`
 	History     []TransitionView  `json:"history"`
+}
+
+// ConfigHeads are both units' configuration revisions and truncated
+// content hashes (the peer's from its last heartbeat).
+type ConfigHeads struct {
+	Revision     uint64 `json:"revision"`
+	Hash         string `json:"hash"`
+	PeerRevision uint64 `json:"peer_revision"`
+	PeerHash     string `json:"peer_hash"`
+	PeerKnown    bool   `json:"peer_known"`
+	Differ       bool   `json:"differ"`
 }
 
 // Timing echoes the configured intervals.
@@ -129,6 +143,22 @@ func (d *Daemon) status(now time.Time) Status {
 		}
 	} else {
 		st.Peer.State = "UNKNOWN"
+	}
+	if d.opts.Config != nil {
+		rev, hash := d.opts.Config.Head()
+		ch := &ConfigHeads{Revision: rev, Hash: hex.EncodeToString(hash[:])}
+		if d.lastRx != nil {
+			ch.PeerKnown = true
+			ch.PeerRevision, ch.PeerHash = d.lastRx.ConfigVersion, hex.EncodeToString(d.lastRx.ConfigHash[:])
+			ch.Differ = rev != d.lastRx.ConfigVersion || hash != d.lastRx.ConfigHash
+		}
+		st.Config = ch
+		// A publish reaches the standby within a heartbeat or two; longer
+		// means replication is stuck (see `tandem config status`).
+		if ch.Differ && ms.Peer.Alive && !d.cfgDiffSince.IsZero() && now.Sub(d.cfgDiffSince) > 10*d.cfg.HALink.HeartbeatInterval.Duration+time.Second {
+			st.Warnings = append(st.Warnings, fmt.Sprintf("configuration differs: this unit is at revision %d (%s), the peer at %d (%s) since %s; see `tandem config status`",
+				rev, ch.Hash, ch.PeerRevision, ch.PeerHash, now.Sub(d.cfgDiffSince).Round(time.Second)))
+		}
 	}
 	stats := d.tr.Stats()
 	for i, p := range d.paths {

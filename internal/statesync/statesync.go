@@ -474,7 +474,7 @@ func (e *Engine) onLink(now time.Time, ev syncchan.Event) {
 			e.sink.Connected(now)
 		}
 		if e.cfg.Extra != nil {
-			e.cfg.Extra.Up(e.sendExtra)
+			e.cfg.Extra.Up(e.extraSender(ev.Session))
 		}
 	case syncchan.Down:
 		if e.linkUp {
@@ -532,7 +532,7 @@ func (e *Engine) onLink(now time.Time, ev syncchan.Event) {
 			e.mu.Unlock()
 		case KindExtra:
 			if e.cfg.Extra != nil {
-				e.cfg.Extra.Frame(body, e.sendExtra)
+				e.cfg.Extra.Frame(body, e.extraSender(e.session))
 			}
 		}
 	}
@@ -554,12 +554,17 @@ func b2byte(b bool) byte {
 	return 0
 }
 
-func (e *Engine) sendExtra(frames ...[]byte) error {
-	out := make([][]byte, len(frames))
-	for i, f := range frames {
-		out[i] = append([]byte{KindExtra}, f...)
+// extraSender sends an Extra handler's frames on one session. The session
+// is bound now, so the handler may call it from its own goroutine: it never
+// reads the loop's state, and frames for an ended session are refused.
+func (e *Engine) extraSender(session uint64) func(...[]byte) error {
+	return func(frames ...[]byte) error {
+		out := make([][]byte, len(frames))
+		for i, f := range frames {
+			out[i] = append([]byte{KindExtra}, f...)
+		}
+		return e.link.SendOn(session, out...)
 	}
-	return e.link.SendOn(e.session, out...)
 }
 
 func (e *Engine) sendStats() {

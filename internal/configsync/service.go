@@ -1,0 +1,275 @@
+package configsync
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/config"
+	"github.com/tandem-ha/tandem/internal/configstore"
+	"github.com/tandem-ha/tandem/internal/snapshot"
+	"github.com/tandem-ha/tandem/internal/version"
+)
+
+// ErrReadOnlyStandby is what a write on a unit that is not ACTIVE returns
+// (wrapped in a *ReadOnlyError that names the ACTIVE unit).
+var ErrReadOnlyStandby = errors.New("read-only standby")
+
+// ReadOnlyError is a refused write on the STANDBY; it matches
+// ErrReadOnlyStandby with errors.Is.
+type ReadOnlyError struct {
+	Node       string // this unit
+	ActiveName string // "" when not known
+	ActiveAddr string // "" when not known
+}
+
+func (e *ReadOnlyError) Error() string {
+	switch {
+	case e.ActiveName == "" && e.ActiveAddr == "":
+		return fmt.Sprintf("this unit (%s) is the STANDBY and read-only; make changes on the ACTIVE unit (no ACTIVE unit is known right now)", e.Node)
+	case e.ActiveName == "":
+		return fmt.Sprintf("this unit (%s) is the STANDBY and read-only; make changes on the ACTIVE unit (%s)", e.Node, e.ActiveAddr)
+	case e.ActiveAddr == "":
+		return fmt.Sprintf("this unit (%s) is the STANDBY and read-only; make changes on the ACTIVE unit %s", e.Node, e.ActiveName)
+	}
+	return fmt.Sprintf("this unit (%s) is the STANDBY and read-only; make changes on the ACTIVE unit %s (%s)", e.Node, e.ActiveName, e.ActiveAddr)
+}
+
+// Unwrap makes errors.Is(err, ErrReadOnlyStandby) hold.
+func (e *ReadOnlyError) Unwrap() error { return ErrReadOnlyStandby }
+
+// MaxDocument is the largest document a publish accepts. Documents larger
+// than ChunkSize travel in several frames.
+const MaxDocument = 32 << 20
+
+var maxDocument = MaxDocument // tests lower it
+
+// ChunkSize is the most content bytes one frame carries (base64 in JSON
+// makes it ~1.4 MiB, well under the channel's 4 MiB frame limit).
+const ChunkSize = 1 << 20
+
+// Options configure a Service opened without a tandem configuration (tests).
+type Options struct {
+	Path   string // the bbolt file
+	Node   string // this unit's name
+	Hooks  map[string]configstore.Hook
+	Logger *slog.Logger
+	// HA says whether a peer exists to synchronize with (sync enabled);
+	// false shows "No HA".
+	HA bool
+	// Schema is the configuration schema this unit speaks; 0 means
+	// version.Schema.
+	Schema int
+	// NoSync skips fsync in the store (tests only).
+	NoSync bool
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Service is one unit's configuration store and its replication.
+type Service struct {
+	store  *configstore.Store
+	log    *slog.Logger
+	node   string
+	ha     bool
+	schema int
+	now    func() time.Time
+
+	active atomic.Bool
+
+	qmu    sync.Mutex
+	queue  []event
+	signal chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
+	closed atomic.Bool
+
+	mu sync.Mutex // guards st (read by Handle)
+	st state
+
+	// Owned by the worker goroutine.
+	send     func(...[]byte) error
+	sentUpTo uint64 // ACTIVE: revisions up to this one were queued to the peer
+	lastPush time.Time
+	partial  *partialRev
+}
+
+// state is what the worker shares with status readers.
+type state struct {
+	linkUp     bool
+	peerKnown  bool
+	peerName   string
+	peerActive bool
+	peerHead   uint64
+	peerHash   [32]byte
+	peerErr    string // the standby's own apply failures, as it reported them
+	schemaErr  string
+	resyncing  bool
+	sync       snapshot.PeerSync
+	errors     []string
+}
+
+type partialRev struct {
+	rev   wireRev
+	parts [][]byte
+	got   int
+}
+
+type eventKind int
+
+const (
+	evFrame eventKind = iota
+	evUp
+	evDown
+	evKick
+	evRole
+	evForce
+)
+
+type event struct {
+	kind eventKind
+	b    []byte
+	send func(...[]byte) error
+}
+
+// Open opens the Service of a tandem configuration: the store at
+// <state_dir>/config.db, the policies category validated and applied with
+// nft unless config_sync.hooks says otherwise, the other categories with
+// their config_sync.hooks commands.
+func Open(cfg *config.Config, logger *slog.Logger) (*Service, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("config sync: state_dir is not set")
+	}
+	hooks := map[string]configstore.Hook{"policies": configstore.NftHook("")}
+	for cat, h := range cfg.ConfigSync.Hooks {
+		hooks[cat] = configstore.CommandHook(h.Validate, h.Apply)
+	}
+	return OpenWith(Options{
+		Path:   filepath.Join(cfg.StateDir, "config.db"),
+		Node:   cfg.Node.Name,
+		Hooks:  hooks,
+		Logger: logger,
+		HA:     cfg.Sync.Enabled,
+	})
+}
+
+// OpenWith opens a Service from explicit options and starts its worker.
+// It starts as not ACTIVE (read-only) until SetActive(true).
+func OpenWith(o Options) (*Service, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Schema == 0 {
+		o.Schema = version.Schema
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if err := os.MkdirAll(filepath.Dir(o.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("config sync: state directory: %w", err)
+	}
+	st, err := configstore.Open(o.Path, configstore.Options{Hooks: o.Hooks, Node: o.Node, Now: o.Now, NoSync: o.NoSync})
+	if err != nil {
+		return nil, err
+	}
+	st.SetReadOnly(true)
+	s := &Service{
+		store: st, log: o.Logger, node: o.Node, ha: o.HA, schema: o.Schema, now: o.Now,
+		signal: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	s.st.sync.Peer = "peer"
+	go s.run()
+	return s, nil
+}
+
+// Close stops the worker and closes the store.
+func (s *Service) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	close(s.stop)
+	<-s.done
+	return s.store.Close()
+}
+
+// Store exposes the configuration store (read it; write through Handle).
+func (s *Service) Store() *configstore.Store { return s.store }
+
+// SetActive tells the Service this unit's HA role. Writes are accepted only
+// while active; the store is made read-only at once when the unit leaves
+// ACTIVE.
+func (s *Service) SetActive(active bool) {
+	s.store.SetReadOnly(!active)
+	if s.active.Swap(active) != active {
+		s.enqueue(event{kind: evRole})
+	}
+}
+
+// Head is the store's head revision and the first 8 bytes of its content
+// hash, what the heartbeats carry.
+func (s *Service) Head() (rev uint64, hash [8]byte) {
+	r, h := s.store.Head()
+	copy(hash[:], h[:8])
+	return r, hash
+}
+
+// Frame, Up and Down implement statesync.Extra. They only queue: the work
+// happens on the Service's goroutine.
+func (s *Service) Frame(b []byte, send func(...[]byte) error) {
+	s.enqueue(event{kind: evFrame, b: b, send: send})
+}
+
+// Up: the channel to the peer is up.
+func (s *Service) Up(send func(...[]byte) error) { s.enqueue(event{kind: evUp, send: send}) }
+
+// Down: the channel to the peer is down.
+func (s *Service) Down() { s.enqueue(event{kind: evDown}) }
+
+func (s *Service) enqueue(ev event) {
+	s.qmu.Lock()
+	s.queue = append(s.queue, ev)
+	s.qmu.Unlock()
+	select {
+	case s.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Service) recordError(format string, args ...any) {
+	msg := s.now().UTC().Format(time.RFC3339) + " " + fmt.Sprintf(format, args...)
+	s.log.Warn("config sync: " + fmt.Sprintf(format, args...))
+	s.mu.Lock()
+	s.st.errors = append(s.st.errors, msg)
+	if n := len(s.st.errors); n > 10 {
+		s.st.errors = s.st.errors[n-10:]
+	}
+	s.mu.Unlock()
+}
+
+// applyErrors lists the current documents whose last apply failed.
+func (s *Service) applyErrors() []string {
+	docs, err := s.store.List()
+	if err != nil {
+		return []string{"list documents: " + err.Error()}
+	}
+	var out []string
+	for _, d := range docs {
+		if d.ApplyError != "" {
+			out = append(out, d.ApplyError)
+		}
+	}
+	return out
+}
+
+func (s *Service) chainAt(rev uint64) [32]byte {
+	h, _ := s.store.HashAt(rev)
+	return h
+}
+
+func sameBytes(a, b []byte) bool { return bytes.Equal(a, b) }

@@ -1,0 +1,479 @@
+package configsync
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/configstore"
+	"github.com/tandem-ha/tandem/internal/snapshot"
+)
+
+// frameVersion is the version of the frame format below.
+const frameVersion = 1
+
+// Frame types.
+const (
+	tHello  = "hello"  // both ways on Up and on a role change: who I am, my role and head
+	tHead   = "head"   // STANDBY -> ACTIVE: my head (answer to a hello, after a divergence or a gap)
+	tHashes = "hashes" // ACTIVE -> STANDBY: my history hashes, to find the common ancestor
+	tRev    = "rev"    // ACTIVE -> STANDBY: one revision (or one chunk of it)
+	tAck    = "ack"    // STANDBY -> ACTIVE: applied up to head; Err: apply failures
+	tResync = "resync" // STANDBY -> ACTIVE: sync.force asked on the standby
+)
+
+// maxHashes bounds a hashes frame (32 bytes each, base64 in JSON).
+const maxHashes = 65536
+
+// frame is one KindExtra frame body. JSON: documents are small and the
+// format is easy to read in a capture.
+type frame struct {
+	V      int    `json:"v"`
+	Schema int    `json:"schema"`
+	Type   string `json:"t"`
+	Node   string `json:"node,omitempty"`
+	Active bool   `json:"active,omitempty"`
+	Head   uint64 `json:"head"`
+	Chain  []byte `json:"chain,omitempty"` // HashAt(Head)
+	Full   bool   `json:"full,omitempty"`
+	Err    string `json:"err,omitempty"`
+	// hashes: HashAt(From), HashAt(From+1), ... concatenated.
+	From   uint64 `json:"from,omitempty"`
+	Hashes []byte `json:"hashes,omitempty"`
+	// rev: the revision and one chunk of its content.
+	Rev     *wireRev `json:"rev,omitempty"`
+	Chunk   int      `json:"chunk,omitempty"`
+	Chunks  int      `json:"chunks,omitempty"`
+	Content []byte   `json:"content,omitempty"`
+}
+
+type wireRev struct {
+	Number   uint64    `json:"n"`
+	Author   string    `json:"author"`
+	Message  string    `json:"msg,omitempty"`
+	Time     time.Time `json:"time"`
+	Category string    `json:"cat"`
+	Name     string    `json:"name"`
+	Hash     []byte    `json:"hash,omitempty"`
+	Deleted  bool      `json:"deleted,omitempty"`
+	Origin   string    `json:"origin,omitempty"`
+}
+
+func toWire(r configstore.Revision) wireRev {
+	w := wireRev{Number: r.Number, Author: r.Author, Message: r.Message, Time: r.Time,
+		Category: r.Category, Name: r.Name, Deleted: r.Deleted, Origin: r.Origin}
+	if !r.Deleted {
+		w.Hash = append([]byte(nil), r.Hash[:]...)
+	}
+	return w
+}
+
+func (w wireRev) revision() (configstore.Revision, error) {
+	r := configstore.Revision{Number: w.Number, Author: w.Author, Message: w.Message, Time: w.Time,
+		Category: w.Category, Name: w.Name, Deleted: w.Deleted, Origin: w.Origin}
+	if len(w.Hash) != 0 && len(w.Hash) != 32 {
+		return r, fmt.Errorf("revision %d: hash of %d bytes", w.Number, len(w.Hash))
+	}
+	copy(r.Hash[:], w.Hash)
+	return r, nil
+}
+
+func (s *Service) newFrame(t string) frame {
+	head, _ := s.store.Head()
+	c := s.chainAt(head)
+	return frame{V: frameVersion, Schema: s.schema, Type: t, Node: s.node, Active: s.active.Load(), Head: head, Chain: c[:]}
+}
+
+func (s *Service) sendFrames(fs ...frame) error {
+	if s.send == nil {
+		return errors.New("the sync channel to the peer is down")
+	}
+	out := make([][]byte, 0, len(fs))
+	for _, f := range fs {
+		b, err := json.Marshal(f)
+		if err != nil {
+			return err
+		}
+		out = append(out, b)
+	}
+	return s.send(out...)
+}
+
+func (s *Service) run() {
+	defer close(s.done)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+			s.periodic()
+		case <-s.signal:
+			for {
+				s.qmu.Lock()
+				q := s.queue
+				s.queue = nil
+				s.qmu.Unlock()
+				if len(q) == 0 {
+					break
+				}
+				for _, ev := range q {
+					select {
+					case <-s.stop:
+						return
+					default:
+					}
+					s.handleEvent(ev)
+				}
+			}
+		}
+	}
+}
+
+func (s *Service) handleEvent(ev event) {
+	switch ev.kind {
+	case evUp:
+		s.send, s.partial, s.sentUpTo = ev.send, nil, 0
+		s.mu.Lock()
+		s.st.linkUp, s.st.peerKnown = true, false
+		s.mu.Unlock()
+		s.sayHello()
+	case evDown:
+		s.send, s.partial = nil, nil
+		s.mu.Lock()
+		s.st.linkUp, s.st.peerKnown, s.st.resyncing = false, false, false
+		s.mu.Unlock()
+	case evRole:
+		s.sayHello()
+	case evKick:
+		s.push()
+	case evForce:
+		s.force()
+	case evFrame:
+		if ev.send != nil {
+			s.send = ev.send
+		}
+		s.onFrame(ev.b)
+	}
+}
+
+func (s *Service) sayHello() {
+	if s.send == nil {
+		return
+	}
+	if err := s.sendFrames(s.newFrame(tHello)); err != nil {
+		s.recordError("send hello to the peer: %v", err)
+	}
+}
+
+// peerIsStandby: this unit is ACTIVE and the peer a STANDBY that speaks our
+// schema: the peer is ours to feed.
+func (s *Service) peerIsStandby() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active.Load() && s.st.linkUp && s.st.peerKnown && !s.st.peerActive && s.st.schemaErr == ""
+}
+
+func (s *Service) peerIsActive() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.active.Load() && s.st.peerKnown && s.st.peerActive && s.st.schemaErr == ""
+}
+
+func (s *Service) onFrame(b []byte) {
+	var f frame
+	if err := json.Unmarshal(b, &f); err != nil {
+		s.recordError("bad frame from the peer: %v", err)
+		return
+	}
+	if f.V != frameVersion {
+		s.recordError("the peer sends config-sync frame format %d, this unit reads %d: run the same tandem version on both units", f.V, frameVersion)
+		return
+	}
+	if f.Schema != s.schema {
+		msg := fmt.Sprintf("the peer %s reads configuration schema %d, this unit %d: configuration sync refused until both units run the same schema", f.Node, f.Schema, s.schema)
+		s.mu.Lock()
+		first := s.st.schemaErr == ""
+		s.st.schemaErr, s.st.peerKnown, s.st.peerName = msg, true, f.Node
+		s.mu.Unlock()
+		if first {
+			s.recordError("%s", msg)
+		}
+		return
+	}
+	s.mu.Lock()
+	s.st.schemaErr = ""
+	if f.Type == tHello || f.Type == tHead || f.Type == tAck || f.Type == tResync {
+		s.st.peerKnown, s.st.peerName, s.st.peerActive = true, f.Node, f.Active
+		s.st.peerHead = f.Head
+		copy(s.st.peerHash[:], f.Chain)
+		s.st.sync.Peer = f.Node
+	}
+	s.mu.Unlock()
+
+	switch f.Type {
+	case tHello:
+		switch {
+		case s.active.Load() && f.Active:
+			s.recordError("collision: the peer %s is ACTIVE too; configuration is not synchronized until one unit steps down", f.Node)
+		case s.active.Load():
+			s.syncPeer(f.Head, f.Chain, false)
+		case f.Active:
+			if err := s.sendFrames(s.standbyFrame(tHead)); err != nil {
+				s.recordError("send head to the peer: %v", err)
+			}
+		}
+	case tHead, tResync:
+		if s.peerIsStandby() {
+			s.onAck(f)
+			s.syncPeer(f.Head, f.Chain, f.Type == tResync)
+		}
+	case tAck:
+		s.onAck(f)
+	case tHashes:
+		if s.peerIsActive() {
+			s.onHashes(f)
+		}
+	case tRev:
+		if s.peerIsActive() {
+			s.onRev(f)
+		}
+	default:
+		s.recordError("unknown config-sync frame %q from the peer", f.Type)
+	}
+}
+
+// standbyFrame is a head/ack frame carrying the standby's apply failures.
+func (s *Service) standbyFrame(t string) frame {
+	f := s.newFrame(t)
+	f.Err = strings.Join(s.applyErrors(), "; ")
+	return f
+}
+
+// ---- ACTIVE side ----
+
+// syncPeer brings a standby at peerHead (history hash chain) to this
+// unit's head: the missing revisions when its history is a prefix of ours,
+// else our history hashes so that it sets its divergent revisions aside.
+func (s *Service) syncPeer(peerHead uint64, chain []byte, full bool) {
+	head, _ := s.store.Head()
+	if !full && peerHead <= head {
+		if mine, ok := s.store.HashAt(peerHead); ok && sameBytes(mine[:], chain) {
+			s.sentUpTo = peerHead
+			s.push()
+			return
+		}
+	}
+	top := min(head, peerHead)
+	if full {
+		top = head
+	}
+	from := uint64(1)
+	if top >= maxHashes {
+		from = top - maxHashes + 1
+	}
+	f := s.newFrame(tHashes)
+	f.Full, f.From = full, from
+	for n := from; n <= top; n++ {
+		h, ok := s.store.HashAt(n)
+		if !ok {
+			break
+		}
+		f.Hashes = append(f.Hashes, h[:]...)
+	}
+	s.sentUpTo = head // nothing more until the standby answers with its head
+	if err := s.sendFrames(f); err != nil {
+		s.recordError("send history hashes to the peer: %v", err)
+	}
+}
+
+// push sends the revisions after sentUpTo to the standby.
+func (s *Service) push() {
+	if !s.peerIsStandby() {
+		return
+	}
+	head, _ := s.store.Head()
+	if s.sentUpTo >= head {
+		return
+	}
+	revs, contents, err := s.store.Since(s.sentUpTo)
+	if err != nil {
+		s.recordError("read revisions after %d: %v", s.sentUpTo, err)
+		return
+	}
+	s.lastPush = s.now()
+	for i, r := range revs {
+		var fs []frame
+		c := contents[i]
+		n := max(1, (len(c)+ChunkSize-1)/ChunkSize)
+		w := toWire(r)
+		for k := range n {
+			f := frame{V: frameVersion, Schema: s.schema, Type: tRev, Node: s.node, Active: true, Head: r.Number, Rev: &w, Chunk: k, Chunks: n}
+			f.Content = c[min(k*ChunkSize, len(c)):min((k+1)*ChunkSize, len(c))]
+			fs = append(fs, f)
+		}
+		if err := s.sendFrames(fs...); err != nil {
+			// The periodic check sends them again from the peer's head.
+			s.recordError("send revision %d to the peer: %v", r.Number, err)
+			return
+		}
+		s.sentUpTo = r.Number
+	}
+}
+
+func (s *Service) onAck(f frame) {
+	if !s.active.Load() {
+		return
+	}
+	head, _ := s.store.Head()
+	s.mu.Lock()
+	s.st.peerErr = f.Err
+	s.st.resyncing = s.st.resyncing && f.Head < head
+	now := s.now()
+	switch {
+	case f.Err != "":
+		s.st.sync.Record(snapshot.Result{Finished: now, Error: f.Err})
+	case f.Head == head:
+		mine := s.chainAt(head)
+		if sameBytes(mine[:], f.Chain) {
+			s.st.sync.Record(snapshot.Result{Finished: now, OK: true})
+		} else {
+			s.st.sync.Record(snapshot.Result{Finished: now, Error: "the peer's history differs at the same head"})
+		}
+	}
+	s.mu.Unlock()
+}
+
+// periodic resends what the standby lacks after a failed send, and keeps the
+// recorded status fresh.
+func (s *Service) periodic() {
+	if !s.peerIsStandby() {
+		return
+	}
+	head, _ := s.store.Head()
+	s.mu.Lock()
+	peerHead := s.st.peerHead
+	s.mu.Unlock()
+	if peerHead < head && s.now().Sub(s.lastPush) > 3*time.Second {
+		s.sentUpTo = peerHead
+		s.push()
+	}
+}
+
+// force is sync.force: a full resynchronization from the ACTIVE.
+func (s *Service) force() {
+	s.mu.Lock()
+	s.st.resyncing = true
+	s.mu.Unlock()
+	switch {
+	case s.peerIsStandby():
+		s.mu.Lock()
+		peerHead := s.st.peerHead
+		s.mu.Unlock()
+		s.syncPeer(peerHead, nil, true)
+	case s.peerIsActive():
+		if err := s.sendFrames(s.standbyFrame(tResync)); err != nil {
+			s.recordError("ask the ACTIVE for a resync: %v", err)
+		}
+	default:
+		s.mu.Lock()
+		s.st.resyncing = false
+		s.mu.Unlock()
+	}
+}
+
+// ---- STANDBY side ----
+
+func (s *Service) onHashes(f frame) {
+	remote := func(n uint64) ([32]byte, bool) {
+		var h [32]byte
+		if n < f.From || n > f.From+uint64(len(f.Hashes)/32)-1 || len(f.Hashes) == 0 {
+			return h, false
+		}
+		i := int(n-f.From) * 32
+		copy(h[:], f.Hashes[i:i+32])
+		return h, true
+	}
+	d, err := s.store.Divergent(f.Head, remote)
+	if err != nil && !errors.Is(err, configstore.ErrApply) {
+		s.recordError("reconcile with the ACTIVE's history: %v", err)
+		return
+	}
+	if len(d.Moved) > 0 {
+		s.recordError("history diverged from the ACTIVE %s after revision %d: %d local revision(s) set aside as conflicts (see `tandem config conflicts`)", f.Node, d.Ancestor, len(d.Moved))
+	}
+	if f.Full {
+		if err := s.store.ApplyAll(); err != nil {
+			s.recordError("re-apply every document: %v", err)
+		}
+	}
+	s.partial = nil
+	if err := s.sendFrames(s.standbyFrame(tHead)); err != nil {
+		s.recordError("send head to the peer: %v", err)
+	}
+}
+
+func (s *Service) onRev(f frame) {
+	if f.Rev == nil || f.Chunks < 1 || f.Chunk < 0 || f.Chunk >= f.Chunks {
+		s.recordError("malformed revision frame from the peer")
+		return
+	}
+	if f.Chunks > 1 {
+		p := s.partial
+		if p == nil || p.rev.Number != f.Rev.Number || len(p.parts) != f.Chunks {
+			p = &partialRev{rev: *f.Rev, parts: make([][]byte, f.Chunks)}
+			s.partial = p
+		}
+		if p.parts[f.Chunk] == nil {
+			p.got++
+		}
+		p.parts[f.Chunk] = append([]byte{}, f.Content...)
+		if p.got < f.Chunks {
+			return
+		}
+		s.partial = nil
+		var all []byte
+		for _, b := range p.parts {
+			all = append(all, b...)
+		}
+		f.Content = all
+	}
+	r, err := f.Rev.revision()
+	if err != nil {
+		s.recordError("revision from the peer: %v", err)
+		return
+	}
+	if head, _ := s.store.Head(); r.Number <= head {
+		return // already here (a resend)
+	}
+	err = s.store.ApplyReplicated(r, f.Content)
+	now := s.now()
+	switch {
+	case err == nil:
+		s.mu.Lock()
+		s.st.sync.Record(snapshot.Result{Finished: now, OK: true})
+		s.mu.Unlock()
+	case errors.Is(err, configstore.ErrApply):
+		s.recordError("revision %d from %s stored but its apply hook failed; this unit is OUT_OF_SYNC for configuration: %v", r.Number, f.Node, err)
+		s.mu.Lock()
+		s.st.sync.Record(snapshot.Result{Finished: now, Error: err.Error()})
+		s.mu.Unlock()
+	case errors.Is(err, configstore.ErrGap), errors.Is(err, configstore.ErrHashMismatch):
+		s.log.Info("config sync: asking the ACTIVE to resend", "err", err)
+		if err := s.sendFrames(s.standbyFrame(tHead)); err != nil {
+			s.recordError("send head to the peer: %v", err)
+		}
+		return
+	default:
+		s.recordError("store revision %d from %s: %v", r.Number, f.Node, err)
+		s.mu.Lock()
+		s.st.sync.Record(snapshot.Result{Finished: now, Error: err.Error()})
+		s.mu.Unlock()
+	}
+	if err := s.sendFrames(s.standbyFrame(tAck)); err != nil {
+		s.recordError("acknowledge revision %d: %v", r.Number, err)
+	}
+}

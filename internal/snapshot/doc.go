@@ -1,0 +1,29 @@
+// Package snapshot replicates the whole management database — the config
+// store with its history and audit log — from the ACTIVE to one or more
+// STANDBY units, Check Point style: a full copy, verified end to end.
+//
+// Take (ACTIVE) copies the bbolt file inside one read transaction, which
+// sees a consistent state while publishes go on: writers are not blocked
+// for the copy's duration. The copy is hashed (sha256), cut into chunks,
+// each compressed with zstd and checksummed (crc32c of the raw and the
+// compressed bytes), spooled beside the database, and streamed as header
+// (magic, version, snapshot id, size, whole-file sha256), chunks, trailer.
+//
+// Receive (STANDBY) writes the chunks into a temp file in the database's
+// directory, checking each chunk, the trailer and the whole-file hash, and
+// that the result opens as a bbolt database; it fsyncs the file and the
+// directory, then closes the live store, renames the file over it
+// atomically, fsyncs the directory and reopens the store (Swap callbacks).
+// Stage and Staged.Install split the two halves for a caller that installs
+// from its event loop. NewResult is the restore notification sent back to
+// the ACTIVE; PeerSync and DecideStatus give the dashboard each peer's
+// status.
+//
+// What it must never do: swap in an unverified file. A corrupted,
+// truncated or mismatching stream is rejected before the live database is
+// touched, and the previous database stays byte for byte as it was. Nor
+// may it leave snapshot files behind: spool and temp files are removed on
+// every path, and the only leftover of a crash — a temp file no process
+// holds locked — is removed by the next Receive or configstore.Open
+// (CleanTemp).
+package snapshot
