@@ -15,6 +15,25 @@ import (
 // TableName is the name of the inet table that Apply owns.
 const TableName = "tandem_fw"
 
+// BlocklistSet is the name of the dynamic set of blocked IPv4 source
+// addresses in table inet tandem_fw: "set blocklist { type ipv4_addr;
+// flags timeout; }". It starts empty; elements are added at run time
+// ("nft add element inet tandem_fw blocklist { 192.0.2.7 timeout 1h }"), as
+// an IPS would, and the forward chain drops every packet from them.
+const BlocklistSet = "blocklist"
+
+// FTPHelper is the name of the ct helper object ("ct helper ftp-standard
+// { type "ftp" protocol tcp; }") that the prerouting chain assigns to FTP
+// control connections from the LAN.
+const FTPHelper = "ftp-standard"
+
+// ftpPort is the FTP control port the helper is assigned to.
+const ftpPort = 21
+
+// ftpHelperKernelName is the kernel's name of the FTP conntrack helper; a
+// variable so that a test can name one no kernel has.
+var ftpHelperKernelName = "ftp"
+
 // nfprotoIPv4 is NFPROTO_IPV4 from linux/netfilter.h.
 const nfprotoIPv4 = 2
 
@@ -57,10 +76,46 @@ func (r Rules) Validate() error {
 // single netlink transaction, so packets see either the old ruleset or the
 // new one, never a mix or none. Applying the same Rules twice yields the
 // same ruleset.
+//
+// A kernel without the FTP conntrack helper (nf_conntrack_ftp) refuses the
+// ct helper object with ENOENT; Apply then installs the same ruleset without
+// the helper object and its prerouting rule (FTP's data connections are then
+// not RELATED, everything else is the same). [HasFTPHelper] tells which.
 func Apply(nsh netns.NsHandle, r Rules) error {
 	if err := r.Validate(); err != nil {
 		return err
 	}
+	err := apply(nsh, r, true)
+	if errors.Is(err, syscall.ENOENT) {
+		if err2 := apply(nsh, r, false); err2 == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// HasFTPHelper reports whether table inet tandem_fw in the namespace nsh
+// has the FTP ct helper object (see Apply).
+func HasFTPHelper(nsh netns.NsHandle) (bool, error) {
+	c, err := conn(nsh)
+	if err != nil {
+		return false, err
+	}
+	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	objs, err := c.GetNamedObjects(t)
+	if err != nil {
+		return false, fmt.Errorf("nftfw: list the objects of table inet %s: %w", TableName, err)
+	}
+	for _, o := range objs {
+		if no, ok := o.(*nftables.NamedObj); ok && no.Name == FTPHelper && no.Type == nftables.ObjTypeCtHelper {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// apply is one transaction of Apply, with or without the FTP helper.
+func apply(nsh netns.NsHandle, r Rules, ftp bool) error {
 	c, err := conn(nsh)
 	if err != nil {
 		return err
@@ -71,6 +126,25 @@ func Apply(nsh netns.NsHandle, r Rules) error {
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
+
+	blocklist := &nftables.Set{Table: t, Name: BlocklistSet, KeyType: nftables.TypeIPAddr, HasTimeout: true}
+	if err := c.AddSet(blocklist, nil); err != nil {
+		return fmt.Errorf("nftfw: set %s: %w", BlocklistSet, err)
+	}
+	if ftp {
+		c.AddObj(&nftables.NamedObj{Table: t, Name: FTPHelper, Type: nftables.ObjTypeCtHelper,
+			Obj: &expr.CtHelper{Name: ftpHelperKernelName, L4Proto: syscall.IPPROTO_TCP}})
+		accept := nftables.ChainPolicyAccept
+		pre := c.AddChain(&nftables.Chain{
+			Name:     "prerouting",
+			Table:    t,
+			Type:     nftables.ChainTypeFilter,
+			Hooknum:  nftables.ChainHookPrerouting,
+			Priority: nftables.ChainPriorityFilter,
+			Policy:   &accept,
+		})
+		c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: ftpHelperRule(r)})
+	}
 
 	drop := nftables.ChainPolicyDrop
 	fwd := c.AddChain(&nftables.Chain{
@@ -89,7 +163,7 @@ func Apply(nsh netns.NsHandle, r Rules) error {
 		Priority: nftables.ChainPriorityNATSource,
 	})
 
-	for _, exprs := range forwardRules(r) {
+	for _, exprs := range forwardRules(r, blocklist) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: exprs})
 	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: snatRule(r)})
@@ -127,13 +201,34 @@ func conn(nsh netns.NsHandle) (*nftables.Conn, error) {
 	return c, nil
 }
 
+// ftpHelperRule returns: iifname LAN tcp dport 21 ct helper set "ftp-standard"
+//
+// It sits in a filter chain at the prerouting hook, where nftables'
+// documentation recommends assigning helpers: after conntrack has created
+// the entry of the first packet, before it is confirmed.
+func ftpHelperRule(r Rules) []expr.Any {
+	const dportOffset = 2 // bytes 2-3 of the TCP header
+	return append(ifName(expr.MetaKeyIIFNAME, r.LAN),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{syscall.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: dportOffset, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(ftpPort)},
+		&expr.Objref{Type: int(nftables.ObjTypeCtHelper), Name: FTPHelper},
+	)
+}
+
 // forwardRules returns, in order:
 //
+//	ip saddr @blocklist counter drop
 //	ct state established,related accept
 //	ct state invalid counter drop
 //	tcp flags & (fin|syn|rst|ack) != syn ct state new counter drop
 //	iifname LAN oifname WAN ct state new accept
-func forwardRules(r Rules) [][]expr.Any {
+//
+// The blocklist comes first, before the established/related accept: an
+// address blocked at run time loses its established connections too, at
+// once (what an IPS blocking an attacker wants), not only new ones.
+func forwardRules(r Rules, blocklist *nftables.Set) [][]expr.Any {
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
 	const (
@@ -148,7 +243,16 @@ func forwardRules(r Rules) [][]expr.Any {
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{fin | syn | rst | ack}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{syn}},
 	}
+	const saddrOffset = 12 // bytes 12-15 of the IPv4 header
+	blocked := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfprotoIPv4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: saddrOffset, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: blocklist.Name, SetID: blocklist.ID},
+		&expr.Counter{}, drop,
+	}
 	return [][]expr.Any{
+		blocked,
 		append(ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), accept),
 		append(ctState(expr.CtStateBitINVALID), &expr.Counter{}, drop),
 		append(append(tcpNotSyn, ctState(expr.CtStateBitNEW)...), &expr.Counter{}, drop),

@@ -105,7 +105,7 @@ func TestApplyGoldenIdempotentRemove(t *testing.T) {
 		t.Fatalf("tables after two Applies = %v, want exactly %s", tables, TableName)
 	}
 	tbl := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
-	for chain, n := range map[string]int{"forward": 4, "postrouting": 1} {
+	for chain, n := range map[string]int{"prerouting": 1, "forward": 5, "postrouting": 1} {
 		rules, err := c.GetRules(tbl, &nftables.Chain{Name: chain, Table: tbl})
 		if err != nil {
 			t.Fatal(err)
@@ -121,7 +121,7 @@ func TestApplyGoldenIdempotentRemove(t *testing.T) {
 		t.Fatalf("Apply other: %v", err)
 	}
 	out := list(t, ns)
-	for _, s := range []string{`iifname "in0" oifname "out0"`, "snat ip to 198.51.100.7"} {
+	for _, s := range []string{`iifname "in0" oifname "out0"`, `iifname "in0" tcp dport 21 ct helper set "ftp-standard"`, "snat ip to 198.51.100.7"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("ruleset lacks %q:\n%s", s, out)
 		}
@@ -176,5 +176,62 @@ func TestApplyInvalidRulesTouchesNothing(t *testing.T) {
 	}
 	if diff := cmp.Diff(before, list(t, ns)); diff != "" {
 		t.Fatalf("invalid Apply changed the ruleset:\n%s", diff)
+	}
+}
+
+// TestApplyWithoutFTPHelper: a kernel without the FTP conntrack helper
+// refuses the ct helper object (ENOENT); Apply installs the rest of the
+// ruleset, the same but for the helper object and its prerouting rule.
+func TestApplyWithoutFTPHelper(t *testing.T) {
+	requireNft(t)
+	ns := netnstest.New(t, netnstest.Prefix(), "nft")
+	if err := Apply(ns.NsHandle, labRules); err != nil {
+		t.Fatal(err)
+	}
+	full := list(t, ns)
+	if ok, err := HasFTPHelper(ns.NsHandle); err != nil || !ok {
+		t.Skipf("skipped: this kernel has no FTP conntrack helper (nf_conntrack_ftp), the fallback is what Apply installed: HasFTPHelper %v %v", ok, err)
+	}
+	old := ftpHelperKernelName
+	ftpHelperKernelName = "nosuchhelper"
+	defer func() { ftpHelperKernelName = old }()
+	if err := Apply(ns.NsHandle, labRules); err != nil {
+		t.Fatalf("Apply with a helper the kernel lacks: %v", err)
+	}
+	if ok, err := HasFTPHelper(ns.NsHandle); err != nil || ok {
+		t.Fatalf("HasFTPHelper = %v, %v; want false", ok, err)
+	}
+	got := list(t, ns)
+	for _, s := range []string{"ct helper", "chain prerouting"} {
+		if strings.Contains(got, s) {
+			t.Errorf("the fallback ruleset has %q:\n%s", s, got)
+		}
+	}
+	// Everything else is the full ruleset's.
+	var want []string
+	skip := false
+	for _, line := range strings.Split(full, "\n") {
+		switch {
+		case strings.Contains(line, "ct helper ftp-standard {"), strings.Contains(line, "chain prerouting {"):
+			skip = true
+		case skip && strings.TrimSpace(line) == "}":
+			skip = false
+			continue
+		}
+		if !skip {
+			want = append(want, line)
+		}
+	}
+	norm := func(s string) string { // blank lines between blocks do not matter
+		var out []string
+		for _, l := range strings.Split(s, "\n") {
+			if strings.TrimSpace(l) != "" {
+				out = append(out, l)
+			}
+		}
+		return strings.Join(out, "\n")
+	}
+	if diff := cmp.Diff(norm(strings.Join(want, "\n")), norm(got)); diff != "" {
+		t.Errorf("the fallback ruleset differs from the full one without the helper (-want +got):\n%s", diff)
 	}
 }
