@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"os/signal"
 	"strings"
@@ -280,7 +279,7 @@ func printFailover(w io.Writer, jsonOut bool, rep *bench.FailoverReport) error {
 		return enc.Encode(rep)
 	}
 	fmt.Fprintf(w, "failover outage in ms (longest gap between answered 1 ms probes), profile %s, %d trials per mode, lab %s\n", rep.Profile, rep.Trials, rep.Lab)
-	fmt.Fprintf(w, "machine: %d CPUs (%s), kernel %s\n", rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Kernel)
+	fmt.Fprintf(w, "machine: %d CPUs (%s), kernel %s; tandem binary sha256 %s\n", rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Kernel, rep.BinarySHA256)
 	ka := rep.Keepalived
 	if ka != nil {
 		fmt.Fprintf(w, "tandem %s vs %s\n\n", rep.Version, ka.Version)
@@ -338,7 +337,7 @@ func printStability(w io.Writer, jsonOut bool, rep *bench.StabilityReport) error
 		return enc.Encode(rep)
 	}
 	fmt.Fprintf(w, "stability under CPU saturation, profile %s, lab %s\n", rep.Profile, rep.Lab)
-	fmt.Fprintf(w, "machine: %d CPUs (%s), kernel %s\n\n", rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Kernel)
+	fmt.Fprintf(w, "machine: %d CPUs (%s), kernel %s; tandem binary sha256 %s\n\n", rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Kernel, rep.BinarySHA256)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\tduration\tburners\tCPU busy\ttransitions\tfw-b takeovers\tmax probe gap\tlost probes\tscheduling (fw-a)")
 	for _, r := range []*bench.StabilityResult{&rep.StabilityResult, rep.Keepalived} {

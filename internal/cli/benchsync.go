@@ -30,6 +30,7 @@ func newBenchSyncCmd() *cobra.Command {
 		ctdHashSize         int
 		ctdRepair, ctdPoll  time.Duration
 		avoid               string
+		pin                 bool
 	)
 	cmd := &cobra.Command{
 		Use:   "sync",
@@ -83,7 +84,7 @@ func newBenchSyncCmd() *cobra.Command {
 			ctx, stop := signalContext(c.Context())
 			defer stop()
 			rep, err := bench.RunSync(ctx, bench.SyncOptions{
-				Lab: labOptions(name, profile, c.ErrOrStderr(), verbose), Entries: entries, Workers: workers, Batch: batch, AvoidNATPorts: avoidPorts,
+				Lab: labOptions(name, profile, c.ErrOrStderr(), verbose), Entries: entries, Workers: workers, Batch: batch, AvoidNATPorts: avoidPorts, PinUnits: pin,
 				Conntrackd: co, Settle: settle, Stall: stall, LogsDir: logs, Progress: c.ErrOrStderr(),
 			})
 			if rep != nil {
@@ -104,6 +105,7 @@ func newBenchSyncCmd() *cobra.Command {
 	f.StringVar(&logs, "logs", "", "copy the daemons' logs and configs to this directory before each lab is removed")
 	f.IntVar(&workers, "workers", 2, "goroutines (one netlink socket each) creating the connections")
 	f.IntVar(&batch, "batch", 256, "creates per system call")
+	f.BoolVar(&pin, "pin-units", false, "confine each unit's daemons (tandem, conntrackd) to a CPU of its own (fw-a CPU 0, fw-b CPU 1), as if the units were two machines; by default both share every CPU")
 	f.StringVar(&avoid, "avoid-nat-ports", "", "comma-separated NAT ports the connections never get (default: every port of 1024-65535, as masquerading uses them), e.g. 7480,7481")
 	f.DurationVar(&settle, "settle", 3*time.Second, "how long the standby's count must stay put before losses are counted")
 	f.DurationVar(&stall, "stall", time.Minute, "stop waiting when the standby's count has not moved for this long")
@@ -150,6 +152,9 @@ func printSync(w io.Writer, jsonOut bool, rep *bench.SyncReport) error {
 	}
 	fmt.Fprintf(w, "state sync, N = %d connections created on fw-a (%d workers, batches of %d), lab %s (profile %s)\n",
 		rep.Entries, rep.Workers, rep.Batch, rep.Lab, rep.Profile)
+	if rep.PinUnits {
+		fmt.Fprintln(w, "each unit's daemons confined to a CPU of their own (fw-a CPU 0, fw-b CPU 1)")
+	}
 	if len(rep.AvoidPorts) > 0 {
 		fmt.Fprintf(w, "NAT ports never used: %v\n", rep.AvoidPorts)
 	}
@@ -203,6 +208,9 @@ func printSync(w io.Writer, jsonOut bool, rep *bench.SyncReport) error {
 	}
 	for _, r := range results {
 		fmt.Fprintf(w, "\n%s: standby = %s; memory = %s RSS %d -> %d kB\n", r.Implementation, r.Standby, r.Process, r.RSSKB[0], r.RSSKB[1])
+		if r.CPUS != nil {
+			fmt.Fprintf(w, "  CPU time during the burst: ACTIVE's process %.1f s, standby's %.1f s\n", r.CPUS[0], r.CPUS[1])
+		}
 		if r.Lag != nil {
 			fmt.Fprintf(w, "  lag: %d of %d samples seen; %s\n", r.Lag.Seen, r.Lag.Samples, r.Lag.Method)
 		}
