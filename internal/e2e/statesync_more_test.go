@@ -126,11 +126,29 @@ func (l *testLab) conntrackLines(role, table string, match ...string) []string {
 	return lines
 }
 
+// requireUnmoved fails the test unless the pair is as it came up: fw-a
+// ACTIVE and fw-b STANDBY, each with its first transition only. A failover
+// the test did not cause (on a machine too loaded for the lab's 200 ms dead
+// interval) would make the test's flows and its crash prove nothing.
+func (l *testLab) requireUnmoved() {
+	l.t.Helper()
+	a, errA := status(l.t, l.socket("fw-a"))
+	b, errB := status(l.t, l.socket("fw-b"))
+	if errA != nil || errB != nil {
+		l.t.Fatal(errA, errB)
+	}
+	if a.State != "ACTIVE" || b.State != "STANDBY" || len(a.History) != 1 || len(b.History) != 1 {
+		l.t.Fatalf("the pair moved on its own before the test's failure (machine overloaded?), so the test would prove nothing: fw-a %s %+v; fw-b %s %+v",
+			a.State, a.History, b.State, b.History)
+	}
+}
+
 // crashActive powers fw-a off, runs down (if not nil) as soon as fw-a's
 // links are down, and waits for fw-b to be ACTIVE. It returns when the
 // crash began.
 func (l *testLab) crashActive(down func()) time.Time {
 	l.t.Helper()
+	l.requireUnmoved()
 	at := time.Now()
 	if err := l.Crash("fw-a"); err != nil {
 		l.t.Fatal(err)
@@ -1069,6 +1087,7 @@ func TestStateSyncForgedPeerGetsNothing(t *testing.T) {
 	l.waitStats("fw-a", 30*time.Second, "fw-a to publish the streams' connections", func(st syncStats) bool {
 		return st.Local.Connections >= conns
 	})
+	l.requireUnmoved()
 	if err := l.KillDaemon("fw-b", syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
