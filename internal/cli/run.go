@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -68,6 +69,20 @@ func runDaemon(ctx context.Context, cfg *config.Config, key []byte, logger *slog
 	if err := daemon.SetRealtime(cfg.Node.RealtimePriority); err != nil {
 		logger.Warn("running without realtime priority", "err", err)
 	}
+	// Threads the runtime starts while SetRealtime walks the list may be
+	// missed (BENCHMARKS.md, finding 3): apply it again now and then.
+	go func() {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = daemon.SetRealtime(cfg.Node.RealtimePriority)
+			}
+		}
+	}()
 	opts, cleanup, err := daemon.Adapters(ctx, cfg, key, logger)
 	if err != nil {
 		return err

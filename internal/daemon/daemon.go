@@ -109,7 +109,8 @@ type Daemon struct {
 	paths   []heartbeat.Path
 	lastRx  *wire.Heartbeat // latest heartbeat from the peer, for status
 	ctl     chan ctlCall
-	holding bool // the data plane holds the virtual IPs
+	holding bool      // the data plane holds the virtual IPs
+	next    time.Time // when the machine next wants a Tick (zero: nothing pending)
 
 	cfgDiffSince time.Time // when the units' config heads started to differ (zero: they agree)
 }
@@ -219,8 +220,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer deadline.Stop()
 
 	for {
-		if next := d.m.NextDeadline(time.Now()); !next.IsZero() {
-			deadline.Reset(time.Until(next))
+		// d.next was computed with the very instant of the last machine
+		// step, as the simulator does: recomputing it here with a later
+		// clock would skip deadlines that fell in between (a peer heard on
+		// several paths a few µs apart would never be declared dead). A
+		// deadline already past fires at once.
+		if !d.next.IsZero() {
+			deadline.Reset(time.Until(d.next))
 		} else {
 			deadline.Reset(time.Hour)
 		}
@@ -259,8 +265,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
-// apply carries out a machine result: log, data plane, heartbeat.
+// apply carries out a machine result: log, data plane, heartbeat. Every
+// machine step goes through it, so it also records when the machine wants
+// its next Tick, computed with the step's own instant.
 func (d *Daemon) apply(now time.Time, r ha.Result) {
+	d.next = d.m.NextDeadline(now)
 	for _, t := range r.Transitions {
 		lvl := slog.LevelInfo
 		if t.To == ha.StateFault {
@@ -416,11 +425,11 @@ func (d *Daemon) handle(req control.Request) (any, error) {
 		return map[string]any{"node": d.cfg.Node.Name, "state": d.m.State().String(), "local": local, "peer": json.RawMessage(orNull(peer))}, nil
 	case "failover":
 		r, err := d.m.RequestFailover(now, req.Force)
+		d.apply(now, r) // a refused request still let the machine evaluate
 		if err != nil {
 			return nil, fmt.Errorf("failover refused: %w", err)
 		}
 		d.log.Info("operator failover", "force", req.Force, "state", d.m.State())
-		d.apply(now, r)
 		return d.status(now), nil
 	case opConfigRole:
 		return d.configRole(), nil
@@ -429,11 +438,11 @@ func (d *Daemon) handle(req control.Request) (any, error) {
 			return nil, errors.New("promote makes this unit ACTIVE whatever the peer says; it is for disaster recovery when the old ACTIVE is gone for good. Confirm with --force")
 		}
 		r, err := d.m.Promote(now)
+		d.apply(now, r)
 		if err != nil {
 			return nil, fmt.Errorf("promote refused: %w", err)
 		}
 		d.log.Warn("operator promote --force")
-		d.apply(now, r)
 		return d.status(now), nil
 	}
 	if isConfigOp(req.Op) {

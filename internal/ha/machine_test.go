@@ -287,3 +287,41 @@ func TestPromoteOutranksOldActive(t *testing.T) {
 		t.Fatal("the promoted unit must win the collision with the old ACTIVE")
 	}
 }
+
+// TestNextDeadlineAcrossPathsAfterATick: heartbeats arrive on three paths a
+// few µs apart; a Tick at the first path's expiry changes nothing, and the
+// deadlines, each computed at the instant of its step, lead to the last
+// path's expiry, where the peer is dead. (A caller that recomputed it later with a newer
+// clock lost that deadline: BENCHMARKS.md, finding 1.)
+func TestNextDeadlineAcrossPathsAfterATick(t *testing.T) {
+	m := New(Config{Role: RoleSecondary, Priority: 100, Preempt: true, PreemptDelay: time.Second,
+		HeartbeatInterval: hb, DeadInterval: dead, Paths: []string{"ha0", "lan0", "wan0"}, BootID: 12}, t0)
+	m.Start(t0)
+	a := peer(RolePrimary, StateActive, 1)
+	for i := range 3 {
+		a.Seq = uint64(i + 1)
+		m.HeartbeatReceived(t0.Add(time.Duration(i)*20*time.Microsecond), i, a)
+	}
+	tick := t0.Add(dead + 10*time.Microsecond)
+	m.Tick(tick)
+	if m.State() != StateStandby {
+		t.Fatalf("the peer is still heard on two paths: %s", m.State())
+	}
+	// Following the deadlines, each computed at the instant of the step,
+	// reaches the last path's expiry, where the peer is dead.
+	now := tick
+	for range 3 {
+		next := m.NextDeadline(now)
+		if next.IsZero() {
+			t.Fatalf("no deadline at %v although the peer is still alive", now.Sub(t0))
+		}
+		now = next
+		m.Tick(now)
+		if m.State() == StateActive {
+			break
+		}
+	}
+	if want := t0.Add(dead + 40*time.Microsecond); m.State() != StateActive || !now.Equal(want) {
+		t.Fatalf("%s at %v; want ACTIVE at the last path's expiry %v", m.State(), now.Sub(t0), want.Sub(t0))
+	}
+}
