@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/tandem-ha/tandem/internal/ha"
 )
 
 // sampleFrames has one frame of every type with every field it uses set
@@ -143,15 +141,6 @@ func TestParseFrameRejects(t *testing.T) {
 	_, err := ParseFrame(bad[:len(bad)-12])
 	if err == nil || !strings.Contains(err.Error(), "Changes item 2: value") {
 		t.Errorf("truncated value: %v", err)
-	}
-}
-
-// TestSyncStatusNumbering: the daemon converts with a cast.
-func TestSyncStatusNumbering(t *testing.T) {
-	for _, s := range []SyncStatus{SyncUnknown, SyncInSync, SyncOutOfSync} {
-		if got := ha.SyncStatus(s).String(); got != s.String() {
-			t.Errorf("repl %v is ha %v", s, got)
-		}
 	}
 }
 

@@ -2,38 +2,27 @@ package repl
 
 import (
 	"errors"
-	"fmt"
 	"time"
+
+	"github.com/tandem-ha/tandem/internal/ha"
 )
 
 // SyncStatus says whether a sink holds a current copy of the source's
-// state. The numbering is the one of ha.SyncStatus and of the heartbeat's
-// Sync field, so the daemon converts with a plain cast.
-type SyncStatus uint8
+// state. It is the HA state machine's own type (the heartbeat's Sync field
+// uses the same numbering), so the sink's status feeds it directly.
+type SyncStatus = ha.SyncStatus
 
 const (
 	// SyncUnknown: the sink was never connected.
-	SyncUnknown SyncStatus = 0
+	SyncUnknown = ha.SyncUnknown
 	// SyncInSync: a full copy was received, the stream after it applied,
 	// and the last digest matched.
-	SyncInSync SyncStatus = 1
+	SyncInSync = ha.SyncInSync
 	// SyncOutOfSync: a copy is being received, a gap or a digest mismatch
 	// was found and a new copy requested, or the link has been down for
 	// longer than SinkConfig.OutOfSyncAfter.
-	SyncOutOfSync SyncStatus = 2
+	SyncOutOfSync = ha.SyncOutOfSync
 )
-
-func (s SyncStatus) String() string {
-	switch s {
-	case SyncUnknown:
-		return "UNKNOWN"
-	case SyncInSync:
-		return "IN_SYNC"
-	case SyncOutOfSync:
-		return "OUT_OF_SYNC"
-	}
-	return fmt.Sprintf("SyncStatus(%d)", uint8(s))
-}
 
 // Defaults of the configurations, used for zero fields.
 const (

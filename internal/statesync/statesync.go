@@ -648,7 +648,7 @@ func (e *Engine) publish(now time.Time) {
 		case <-e.statusCh:
 		default:
 		}
-		e.statusCh <- ha.SyncStatus(st) // the same numbering (see repl.SyncStatus)
+		e.statusCh <- st
 	}
 }
 
