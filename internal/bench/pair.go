@@ -162,6 +162,10 @@ func (p tandemPair) pids() map[string][]int {
 // stopTandem stops both tandem daemons gracefully (SIGTERM: the ACTIVE hands
 // over and releases its virtual IPs) and checks that no VIP is left.
 func stopTandem(ctx context.Context, l *lab.Lab) error {
+	notRunning := map[string]bool{}
+	for _, n := range l.Status(ctx).Nodes {
+		notRunning[n.Name] = !n.Running
+	}
 	for _, n := range []string{lab.RoleFwB, lab.RoleFwA} {
 		if err := l.KillDaemon(n, syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "not running") {
 			return err
@@ -172,7 +176,10 @@ func stopTandem(ctx context.Context, l *lab.Lab) error {
 		if err != nil {
 			return err
 		}
-		if len(held) > 0 {
+		switch {
+		case len(held) > 0 && notRunning[n]:
+			return fmt.Errorf("the tandem daemon of %s had exited before the SIGTERM (see its log) and left virtual IPs %v behind", n, held)
+		case len(held) > 0:
 			return fmt.Errorf("after SIGTERM the tandem daemon of %s left virtual IPs %v behind", n, held)
 		}
 	}

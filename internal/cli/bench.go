@@ -25,7 +25,7 @@ func newBenchCmd() *cobra.Command {
 		Use:   "bench",
 		Short: "Benchmarks in a lab of their own: failover outage and stability under load, tandem beside keepalived (root)",
 	}
-	cmd.AddCommand(newBenchFailoverCmd(), newBenchStabilityCmd(), newBenchBurnCmd(), newBenchProbeAgentCmd())
+	cmd.AddCommand(newBenchFailoverCmd(), newBenchStabilityCmd(), newBenchSyncCmd(), newBenchBurnCmd(), newBenchProbeAgentCmd())
 	return cmd
 }
 

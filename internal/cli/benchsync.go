@@ -191,7 +191,7 @@ func printSync(w io.Writer, jsonOut bool, rep *bench.SyncReport) error {
 	row("lag max", func(r *bench.SyncResult) string {
 		return lagCell(r.Lag, func(l *bench.LagStats) *float64 { return l.Max })
 	}, "")
-	row("lost", func(r *bench.SyncResult) string { return intCell(r.Lost) }, fmt.Sprint(t.Lost))
+	row("lost (after settling)", func(r *bench.SyncResult) string { return intCell(r.Lost) }, fmt.Sprint(t.Lost))
 	if rep.Conntrackd != nil && rep.Conntrackd.LostAfterRepair != nil {
 		row("lost after repair wait", func(r *bench.SyncResult) string {
 			if r.LostAfterRepair == nil {
@@ -203,6 +203,7 @@ func printSync(w io.Writer, jsonOut bool, rep *bench.SyncReport) error {
 	row("standby bytes/entry", func(r *bench.SyncResult) string { return syncCell(r.BytesPerEntry, "B") }, fmt.Sprintf("< %.0f B", t.BytesPerEntry))
 	row("full resync", func(r *bench.SyncResult) string { return syncCell(r.ResyncS, "s") }, fmt.Sprintf("< %g s", t.ResyncS))
 	row("promotion", func(r *bench.SyncResult) string { return syncCell(r.PromoteS, "s") }, fmt.Sprintf("< %g s", t.PromoteS))
+	row("false failovers (HA transitions nobody asked for)", func(r *bench.SyncResult) string { return fmt.Sprint(len(r.Transitions)) }, "0")
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -237,7 +238,11 @@ func printSync(w io.Writer, jsonOut bool, rep *bench.SyncReport) error {
 		if len(r.LostExamples) > 0 {
 			fmt.Fprintf(w, "  lost, e.g.: %s\n", strings.Join(r.LostExamples, "; "))
 		}
-		for _, t := range r.Transitions {
+		for i, t := range r.Transitions {
+			if i == 6 {
+				fmt.Fprintf(w, "  ... %d more (see the JSON report)\n", len(r.Transitions)-i)
+				break
+			}
 			fmt.Fprintf(w, "  UNEXPECTED TRANSITION (false failover): %s\n", t)
 		}
 		for _, n := range r.Notes {

@@ -51,8 +51,7 @@ func newStateSync(cfg *config.Config, key []byte, nsh netns.NsHandle, logger *sl
 		NS:             nsh,
 		Conntrack:      cfg.Sync.Conntrack,
 		Mode:           mode,
-		IgnorePrefixes: []netip.Prefix{cfg.LocalHAAddress().Masked()},
-		IgnorePorts:    []uint16{uint16(cfg.HALink.Port), port},
+		IgnorePrefixes: ownFlows(cfg),
 		NftSets:        sets,
 		MaxRateBytes:   int(cfg.Sync.MaxRate.BytesPerSec),
 		MaxRateEntries: int(cfg.Sync.MaxRate.EntriesPerSec),
@@ -60,4 +59,19 @@ func newStateSync(cfg *config.Config, key []byte, nsh netns.NsHandle, logger *sl
 		Logger:         logger,
 		Extra:          extra,
 	})
+}
+
+// ownFlows are the units' own addresses: the HA subnet and each unit's
+// address on every interface (heartbeats on the watched paths). Their flows
+// belong to the units and are not synchronized. Ports are not used to tell
+// them apart: a forwarded connection NATed to the VIP may well use port
+// 7480 (BENCHMARKS.md: such connections were silently never synchronized).
+func ownFlows(cfg *config.Config) []netip.Prefix {
+	out := []netip.Prefix{cfg.LocalHAAddress().Masked()}
+	for _, ifc := range cfg.Interfaces {
+		for _, p := range []netip.Prefix{ifc.PrimaryIP, ifc.SecondaryIP} {
+			out = append(out, netip.PrefixFrom(p.Addr(), p.Addr().BitLen()))
+		}
+	}
+	return out
 }
