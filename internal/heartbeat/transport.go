@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tandem-ha/tandem/internal/wire"
 )
 
@@ -113,8 +115,8 @@ func (t *Transport) Send(hb *wire.Heartbeat) {
 	t.sendMu.Lock()
 	defer t.sendMu.Unlock()
 	t.buf = t.signer.Append(t.buf[:0], hb)
-	for i, c := range t.conns {
-		if _, err := c.WriteToUDPAddrPort(t.buf, t.paths[i].Peer); err != nil {
+	for i := range t.conns {
+		if err := t.sendNow(i); err != nil {
 			t.sendErrs[i].Add(1)
 		}
 	}
@@ -206,4 +208,29 @@ func (t *Transport) Close() error {
 		errs = append(errs, c.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// sendNow sends the signed heartbeat on path i without ever waiting: a full
+// socket buffer (the peer powered off, its neighbour entry unresolved)
+// drops this heartbeat instead of parking the event loop until the buffer
+// drains, which a plain write on a Go socket would do.
+func (t *Transport) sendNow(i int) error {
+	rc, err := t.conns[i].SyscallConn()
+	if err != nil {
+		return err
+	}
+	sa := sockaddr(t.paths[i].Peer)
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), t.buf, unix.MSG_DONTWAIT, sa)
+		return true // done either way: never wait for writability
+	})
+	return errors.Join(err, serr)
+}
+
+func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+	if a := ap.Addr(); a.Is4() || a.Is4In6() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 }

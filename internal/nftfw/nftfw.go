@@ -261,10 +261,12 @@ func forwardRules(r Rules, blocklist *nftables.Set) [][]expr.Any {
 	}
 }
 
-// snatRule returns: oifname WAN snat ip to SNATTo
+// snatRule returns: iifname LAN oifname WAN snat ip to SNATTo. Only
+// forwarded traffic is translated: the units' own packets on the WAN (their
+// heartbeats, VRRP in the keepalived benchmark) keep their own source.
 func snatRule(r Rules) []expr.Any {
 	addr := r.SNATTo.Unmap().As4()
-	return append(ifName(expr.MetaKeyOIFNAME, r.WAN),
+	return append(append(ifName(expr.MetaKeyIIFNAME, r.LAN), ifName(expr.MetaKeyOIFNAME, r.WAN)...),
 		&expr.Immediate{Register: 1, Data: addr[:]},
 		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: nfprotoIPv4, RegAddrMin: 1},
 	)
