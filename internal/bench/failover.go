@@ -231,20 +231,7 @@ func RunFailover(ctx context.Context, o FailoverOptions) (rep *FailoverReport, e
 		return rep, err
 	}
 	var kp *keepalivedPair
-	defer func() {
-		// keepalived first: a process left in a namespace keeps it alive.
-		if cerr := kp.close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-		if o.LogsDir != "" {
-			if cerr := copyLogs(l.Dir(), o.LogsDir); cerr != nil {
-				err = errors.Join(err, cerr)
-			}
-		}
-		if derr := l.Down(); derr != nil {
-			err = errors.Join(err, derr)
-		}
-	}()
+	defer func() { err = errors.Join(err, finishLab(l, kp, o.LogsDir)) }()
 	tr, err := startProbes(ctx, l, o.ProbeCommand)
 	if err != nil {
 		return rep, err
@@ -445,4 +432,15 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	*d = Duration(v)
 	return err
+}
+
+// finishLab ends a benchmark's lab: keepalived first (a process left in a
+// namespace keeps it alive), then the logs are copied out if asked, then the
+// lab is removed. kp may be nil.
+func finishLab(l *lab.Lab, kp *keepalivedPair, logsDir string) error {
+	err := kp.close()
+	if logsDir != "" {
+		err = errors.Join(err, copyLogs(l.Dir(), logsDir))
+	}
+	return errors.Join(err, l.Down())
 }

@@ -132,19 +132,7 @@ func RunStability(ctx context.Context, o StabilityOptions) (rep *StabilityReport
 		return rep, err
 	}
 	var kp *keepalivedPair
-	defer func() {
-		if cerr := kp.close(); cerr != nil {
-			err = errors.Join(err, cerr)
-		}
-		if o.LogsDir != "" {
-			if cerr := copyLogs(l.Dir(), o.LogsDir); cerr != nil {
-				err = errors.Join(err, cerr)
-			}
-		}
-		if derr := l.Down(); derr != nil {
-			err = errors.Join(err, derr)
-		}
-	}()
+	defer func() { err = errors.Join(err, finishLab(l, kp, o.LogsDir)) }()
 	tr, err := startProbes(ctx, l, o.ProbeCommand)
 	if err != nil {
 		return rep, err
