@@ -538,7 +538,7 @@ func conntrackdPromote(ctx context.Context, l *lab.Lab, p *ctdPair, o SyncOption
 		r.Notes = append(r.Notes, "fw-b had declared fw-a dead (a false failover) just before the crash: the promotion is timed from that decision")
 	}
 	if took := decided.Sub(crashed); took > time.Second {
-		r.Notes = append(r.Notes, fmt.Sprintf("tandem (state sync off) on fw-b took %.1fs from the crash to decide ACTIVE (dead interval 200 ms): its threads (SCHED_RR 50) were starved", took.Seconds()))
+		r.Notes = append(r.Notes, fmt.Sprintf("tandem (state sync off) on fw-b took %.1fs from the crash to decide ACTIVE (dead interval %v): its threads (SCHED_RR 50) were starved", took.Seconds(), lab.Profiles[cmpOr(o.Lab.Profile, lab.DefaultProfile)].Dead))
 	}
 	cstart := time.Now()
 	out, cerr := p.ctl(ctx, lab.RoleFwB, "-c")

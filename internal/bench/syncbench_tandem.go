@@ -260,7 +260,7 @@ func tandemPromote(ctx context.Context, l *lab.Lab, o SyncOptions, r *SyncResult
 		r.Notes = append(r.Notes, "fw-b had declared fw-a dead (a false failover) just before the crash: the promotion is timed from that decision")
 	}
 	if took := decided.Sub(crashed); took > time.Second {
-		r.Notes = append(r.Notes, fmt.Sprintf("fw-b took %.1fs from the crash to decide ACTIVE (dead interval 200 ms)", took.Seconds()))
+		r.Notes = append(r.Notes, fmt.Sprintf("fw-b took %.1fs from the crash to decide ACTIVE (dead interval %v)", took.Seconds(), lab.Profiles[cmpOr(o.Lab.Profile, lab.DefaultProfile)].Dead))
 	}
 	var st tandemStats
 	for {

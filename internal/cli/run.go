@@ -16,6 +16,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/config"
 	"github.com/tandem-ha/tandem/internal/control"
 	"github.com/tandem-ha/tandem/internal/daemon"
+	"github.com/tandem-ha/tandem/internal/sched"
 )
 
 func newRunCmd() *cobra.Command {
@@ -66,7 +67,7 @@ func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) 
 // runDaemon wires the daemon to its OS adapters and the control socket and
 // runs it until ctx ends.
 func runDaemon(ctx context.Context, cfg *config.Config, key []byte, logger *slog.Logger) error {
-	if err := daemon.SetRealtime(cfg.Node.RealtimePriority); err != nil {
+	if err := sched.SetRealtime(cfg.Node.RealtimePriority); err != nil {
 		logger.Warn("running without realtime priority", "err", err)
 	}
 	// Threads the runtime starts while SetRealtime walks the list may be
@@ -79,7 +80,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, key []byte, logger *slog
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_ = daemon.SetRealtime(cfg.Node.RealtimePriority)
+				_ = sched.SetRealtime(cfg.Node.RealtimePriority)
 			}
 		}
 	}()

@@ -16,6 +16,8 @@ import (
 	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/sched"
 )
 
 // SinkMode is how a Sink keeps the replicated entries until promotion.
@@ -93,9 +95,12 @@ type PromoteStats struct {
 	Created      int // entries created
 	Updated      int // existing entries updated
 	Refreshed    int // injected entries given their replicated timeout
-	Deleted      int // stale entries (injected before a Reset, not replicated since) removed
-	Failed       int // entries that could not be written
-	Duration     time.Duration
+	// Refreshing is how many timeouts are set after Promote returns,
+	// while the unit already serves (see injectPromoteOps).
+	Refreshing int
+	Deleted    int // stale entries (injected before a Reset, not replicated since) removed
+	Failed     int // entries that could not be written
+	Duration   time.Duration
 }
 
 // SinkStats are counters since OpenSink.
@@ -156,6 +161,10 @@ type Sink struct {
 	opts  SinkOptions
 	nsh   netns.NsHandle
 	conns []*nlConn
+	// work feeds the injector goroutines, one per conn, which run at
+	// normal priority (sched.Bulk) so a million inserts never delay a
+	// heartbeat. Closed by Close after the loop has stopped.
+	work chan func()
 
 	// Under mu: what Put, Delete and Reset touch, all O(1) for them.
 	mu       sync.Mutex
@@ -164,6 +173,7 @@ type Sink struct {
 	closed   bool
 	busy     bool
 	job      *promoteJob
+	refresh  []*op              // timeouts still to set after a promotion (loop only, under mu)
 	held     [2]*keyMap[string] // Hold: key → value
 	pending  [2]*keyMap[pendOp] // Inject: changes not yet written
 	reset    [2]bool            // Inject: a Reset came before the pending changes
@@ -225,6 +235,15 @@ func OpenSink(nsh netns.NsHandle, logger *slog.Logger, opts SinkOptions) (*Sink,
 		k.meta[t] = newKeyMap[entryMeta](0)
 		k.stale[t] = newKeyMap[entryMeta](0)
 		k.failed[t] = newKeyMap[string](0)
+	}
+	k.work = make(chan func(), len(k.conns))
+	for range k.conns {
+		go func() {
+			defer sched.Bulk()()
+			for f := range k.work {
+				f()
+			}
+		}()
 	}
 	go k.loop()
 	return k, nil
@@ -302,18 +321,28 @@ func (k *Sink) Reset(table string) {
 }
 
 // Flush waits until every change queued so far is written (Inject mode,
-// or after promotion).
+// or after promotion), and the timeouts of a promotion are set.
 func (k *Sink) Flush() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	gen := k.enqGen
-	for !k.closed && (k.doneGen < gen || k.busy || k.job != nil) {
+	for !k.closed && (k.doneGen < gen || k.busy || k.job != nil || len(k.refresh) > 0) {
 		k.cond.Wait()
 	}
 	if k.closed {
 		return errors.New("ctsync: sink closed")
 	}
 	return nil
+}
+
+// Backlog reports the writer's progress: the generation of the last change
+// queued and of the last one written to the kernel. written >= a queued
+// value seen earlier means everything queued then is in the kernel (or
+// failed, which Stats counts).
+func (k *Sink) Backlog() (queued, written uint64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.enqGen, k.doneGen
 }
 
 // Stats returns the counters; safe to call at any time.
@@ -348,6 +377,7 @@ func (k *Sink) Close() error {
 	k.cond.Broadcast()
 	k.mu.Unlock()
 	<-k.loopDone
+	close(k.work)
 	for _, c := range k.conns {
 		_ = c.Close()
 	}
@@ -404,11 +434,12 @@ func (k *Sink) Promote(ctx context.Context) (PromoteStats, error) {
 // loop is the only writer to the kernel: queued changes first, then a
 // promotion.
 func (k *Sink) loop() {
+	defer sched.Bulk()()
 	defer close(k.loopDone)
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for {
-		for !k.closed && k.job == nil && !k.hasPending() {
+		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 {
 			k.cond.Wait()
 		}
 		if k.closed {
@@ -436,24 +467,49 @@ func (k *Sink) loop() {
 			k.cond.Broadcast()
 			continue
 		}
+		if k.job == nil {
+			// Timeouts after a promotion, a chunk at a time so that
+			// changes queued meanwhile go first.
+			n := min(len(k.refresh), refreshChunk)
+			ops := k.refresh[:n:n]
+			k.refresh = k.refresh[n:]
+			k.busy = true
+			k.mu.Unlock()
+			k.apply(context.Background(), ops)
+			var st PromoteStats
+			k.mergePromote(ops, &st)
+			k.mu.Lock()
+			if len(k.refresh) == 0 {
+				k.refresh = nil
+			}
+			k.busy = false
+			k.cond.Broadcast()
+			continue
+		}
 		j := k.job
 		k.busy = true
 		k.mu.Unlock()
-		var ops []*op
+		var ops, refresh []*op
 		if k.opts.Mode == Hold {
 			ops = k.holdPromoteOps(j)
 		} else {
-			ops = k.injectPromoteOps()
+			ops, refresh = k.injectPromoteOps()
 		}
 		j.err = k.apply(j.ctx, ops)
 		k.mergePromote(ops, &j.stats)
+		j.stats.Refreshing = len(refresh)
 		k.mu.Lock()
+		k.refresh = refresh
 		k.job = nil
 		k.busy = false
 		close(j.done)
 		k.cond.Broadcast()
 	}
 }
+
+// refreshChunk is how many timeouts the writer sets between looks at the
+// queue of live changes.
+const refreshChunk = 4096
 
 func (k *Sink) hasPending() bool {
 	return k.reset[tCT] || k.reset[tExp] || k.pending[tCT].len()+k.pending[tExp].len() > 0
@@ -543,10 +599,13 @@ func (k *Sink) mergeQueued(ops []*op) {
 }
 
 // injectPromoteOps lists what promotion of an injecting sink has to do:
-// delete stale entries, retry failed writes, give entries their
-// replicated timeouts.
-func (k *Sink) injectPromoteOps() []*op {
-	var ops []*op
+// delete stale entries and retry failed writes before the unit is ACTIVE;
+// give entries their replicated timeouts (refresh) afterwards. The entries
+// already pass traffic with their longer standby timeout, and a packet
+// sets a live connection's timeout anyway, so the refresh only shortens
+// the life of connections that ended — at a million entries it takes
+// seconds (ctnetlink updates are serialised), which must not be outage.
+func (k *Sink) injectPromoteOps() (ops, refresh []*op) {
 	standby := uint32(k.opts.StandbyTimeout / time.Second)
 	for t := range 2 {
 		k.stale[t].each(func(key []byte, _ entryMeta) bool {
@@ -560,13 +619,13 @@ func (k *Sink) injectPromoteOps() []*op {
 		if t == tCT {
 			k.meta[t].each(func(key []byte, m entryMeta) bool {
 				if m.timeout < standby {
-					ops = append(ops, &op{table: uint8(t), kind: opTimeout, key: string(key), repTimeout: m.timeout})
+					refresh = append(refresh, &op{table: uint8(t), kind: opTimeout, key: string(key), repTimeout: m.timeout})
 				}
 				return true
 			})
 		}
 	}
-	return ops
+	return ops, refresh
 }
 
 // holdPromoteOps lists every held entry.
@@ -713,10 +772,11 @@ func (k *Sink) apply(ctx context.Context, ops []*op) error {
 		for i := range w {
 			part := g[min(i*per, len(g)):min((i+1)*per, len(g))]
 			wg.Add(1)
-			go func(c *nlConn) {
+			c := k.conns[i]
+			k.work <- func() {
 				defer wg.Done()
 				k.run(ctx, c, part)
-			}(k.conns[i])
+			}
 		}
 		wg.Wait()
 	}

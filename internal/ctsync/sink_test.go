@@ -95,6 +95,10 @@ func testSinkMirrors(t *testing.T, mode SinkMode) {
 	if ps.Failed != 0 || mode == Hold && ps.Expectations != 1 {
 		t.Errorf("promote: %+v", ps)
 	}
+	// Timeouts are set after Promote returns, while the unit serves.
+	if err := sink.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	if mode == Hold && ps.Created != len(mixed)+700+1 {
 		t.Errorf("promote created %d entries, want %d", ps.Created, len(mixed)+700+1)
 	}

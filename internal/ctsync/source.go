@@ -15,6 +15,8 @@ import (
 	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/sched"
 )
 
 // Tables of the replicated store.
@@ -281,6 +283,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 	q := newEvQueue(s.opts.MaxQueue)
 	readerDone := make(chan struct{})
 	go func() {
+		defer sched.Bulk()()
 		defer close(readerDone)
 		s.readLoop(q)
 	}()

@@ -163,14 +163,28 @@ func New(cfg *config.Config, key []byte, o Options) (*Daemon, error) {
 // then every watched interface.
 func Paths(cfg *config.Config) []heartbeat.Path {
 	port := uint16(cfg.HALink.Port)
-	ap := func(p netip.Prefix) netip.AddrPort { return netip.AddrPortFrom(p.Addr(), port) }
-	paths := []heartbeat.Path{{Name: cfg.HALink.Interface, Local: ap(cfg.LocalHAAddress()), Peer: ap(cfg.PeerHAAddress())}}
+	path := func(ifname string, local, peer netip.Prefix) heartbeat.Path {
+		return heartbeat.Path{Name: ifname,
+			Local: netip.AddrPortFrom(Scoped(local.Addr(), ifname), port),
+			Peer:  netip.AddrPortFrom(Scoped(peer.Addr(), ifname), port)}
+	}
+	paths := []heartbeat.Path{path(cfg.HALink.Interface, cfg.LocalHAAddress(), cfg.PeerHAAddress())}
 	for _, ifc := range cfg.Interfaces {
 		if ifc.Watch {
-			paths = append(paths, heartbeat.Path{Name: ifc.Name, Local: ap(ifc.LocalIP(cfg.Node.Role)), Peer: ap(ifc.PeerIP(cfg.Node.Role))})
+			paths = append(paths, path(ifc.Name, ifc.LocalIP(cfg.Node.Role), ifc.PeerIP(cfg.Node.Role)))
 		}
 	}
 	return paths
+}
+
+// Scoped gives an IPv6 link-local address the zone of the interface it
+// lives on: without it the kernel cannot tell which link fe80::2 is on, and
+// binding or sending fails.
+func Scoped(a netip.Addr, ifname string) netip.Addr {
+	if a.Is6() && a.IsLinkLocalUnicast() && a.Zone() == "" {
+		return a.WithZone(ifname)
+	}
+	return a
 }
 
 func (d *Daemon) machineConfig() ha.Config {

@@ -42,8 +42,8 @@ func newStateSync(cfg *config.Config, key []byte, nsh netns.NsHandle, logger *sl
 	return statesync.New(statesync.Config{
 		Link: syncchan.Config{
 			Key: key, ClusterID: uint8(cfg.Cluster.ID), Role: role,
-			Local:       netip.AddrPortFrom(cfg.LocalHAAddress().Addr(), port),
-			Peer:        netip.AddrPortFrom(cfg.PeerHAAddress().Addr(), port),
+			Local:       netip.AddrPortFrom(Scoped(cfg.LocalHAAddress().Addr(), cfg.HALink.Interface), port),
+			Peer:        netip.AddrPortFrom(Scoped(cfg.PeerHAAddress().Addr(), cfg.HALink.Interface), port),
 			IdleTimeout: idle,
 			Hello:       syncchan.Hello{ClusterID: uint8(cfg.Cluster.ID), Role: role, Software: version.Bytes(), Schema: version.Schema},
 			Logger:      logger,

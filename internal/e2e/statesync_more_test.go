@@ -128,7 +128,7 @@ func (l *testLab) conntrackLines(role, table string, match ...string) []string {
 
 // requireUnmoved fails the test unless the pair is as it came up: fw-a
 // ACTIVE and fw-b STANDBY, each with its first transition only. A failover
-// the test did not cause (on a machine too loaded for the lab's 200 ms dead
+// the test did not cause (on a machine too loaded for the lab's 150 ms dead
 // interval) would make the test's flows and its crash prove nothing.
 func (l *testLab) requireUnmoved() {
 	l.t.Helper()

@@ -61,6 +61,9 @@ type Transport struct {
 	signer   *wire.Signer
 	buf      []byte
 	sendErrs []atomic.Uint64
+	// peers is each path's peer as a sockaddr, with the interface index
+	// of a zoned (link-local) IPv6 address.
+	peers []unix.Sockaddr
 }
 
 type dropCounters struct {
@@ -102,6 +105,12 @@ func Open(paths []Path, o Options) (*Transport, error) {
 			return nil, fmt.Errorf("heartbeat path %s: bind %s: %w", p.Name, p.Local, err)
 		}
 		t.conns = append(t.conns, pc.(*net.UDPConn))
+		sa, err := sockaddr(p.Peer)
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("heartbeat path %s: peer %s: %w", p.Name, p.Peer, err)
+		}
+		t.peers = append(t.peers, sa)
 	}
 	return t, nil
 }
@@ -219,7 +228,7 @@ func (t *Transport) sendNow(i int) error {
 	if err != nil {
 		return err
 	}
-	sa := sockaddr(t.paths[i].Peer)
+	sa := t.peers[i]
 	var serr error
 	err = rc.Write(func(fd uintptr) bool {
 		serr = unix.Sendto(int(fd), t.buf, unix.MSG_DONTWAIT, sa)
@@ -228,9 +237,17 @@ func (t *Transport) sendNow(i int) error {
 	return errors.Join(err, serr)
 }
 
-func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+func sockaddr(ap netip.AddrPort) (unix.Sockaddr, error) {
 	if a := ap.Addr(); a.Is4() || a.Is4In6() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}, nil
 	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if z := ap.Addr().Zone(); z != "" {
+		ifi, err := net.InterfaceByName(z)
+		if err != nil {
+			return nil, fmt.Errorf("zone %q: %w", z, err)
+		}
+		sa.ZoneId = uint32(ifi.Index)
+	}
+	return sa, nil
 }

@@ -24,7 +24,7 @@ type Profile struct {
 // Profiles are the timer profiles a lab can run with, by name. Tune them
 // here (or add one) rather than in the generated files.
 var Profiles = map[string]Profile{
-	"default": {Name: "default", Heartbeat: 50 * time.Millisecond, Dead: 200 * time.Millisecond,
+	"default": {Name: "default", Heartbeat: 50 * time.Millisecond, Dead: 150 * time.Millisecond,
 		PreemptDelay: 2 * time.Second, LinkHolddown: time.Second},
 	"fast": {Name: "fast", Heartbeat: 5 * time.Millisecond, Dead: 15 * time.Millisecond,
 		PreemptDelay: 2 * time.Second, LinkHolddown: 500 * time.Millisecond},

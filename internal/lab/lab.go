@@ -616,7 +616,10 @@ func (l *Lab) Crash(node string) error {
 	running := rec.Proc.alive()
 
 	if running {
+		// Frozen first, so the daemon cannot see its links go down and
+		// report a link failure instead of dying (BENCHMARKS.md, finding 5).
 		_ = syscall.Kill(rec.Proc.PID, syscall.SIGSTOP)
+		rec.Proc.waitStopped(time.Second)
 	}
 	linkErr := setAllLinks(n, links, false)
 	if running {

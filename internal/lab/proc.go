@@ -27,7 +27,29 @@ type procRecord struct {
 
 // procStat returns the state letter and start time of pid.
 func procStat(pid int) (state byte, start uint64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return statFile(fmt.Sprintf("/proc/%d/stat", pid), pid)
+}
+
+// threadStates returns the state letter of every thread of pid.
+func threadStates(pid int) ([]byte, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for _, t := range tasks {
+		st, _, err := statFile(dir+"/"+t.Name()+"/stat", pid)
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func statFile(path string, pid int) (state byte, start uint64, err error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -104,10 +126,66 @@ func (r procRecord) signal(sig syscall.Signal) error {
 
 var errNotRunning = errors.New("not running")
 
-// waitGone polls until the process is gone or timeout passes.
+// exited reports whether every thread of the recorded process has ended.
+// A zombie thread-group leader is not enough: the other threads of a Go
+// process still run their exit, holding the process's sockets and file
+// locks, until they get the CPU — seconds beside busy realtime neighbours,
+// and a daemon restarted meanwhile cannot bind its ports (BENCHMARKS.md,
+// finding 8).
+func (r procRecord) exited() bool {
+	if r.PID <= 0 {
+		return true
+	}
+	state, start, err := procStat(r.PID)
+	if err != nil || r.StartTime != 0 && start != r.StartTime {
+		return true // reaped, or the PID is another process's now
+	}
+	if state != 'Z' && state != 'X' {
+		return !r.alive()
+	}
+	states, err := threadStates(r.PID)
+	if err != nil {
+		return true
+	}
+	for _, st := range states {
+		if st != 'Z' && st != 'X' {
+			return false
+		}
+	}
+	return true
+}
+
+// waitStopped polls until every thread of the process is stopped (SIGSTOP
+// takes effect asynchronously: kill(2) returns before the threads stop).
+func (r procRecord) waitStopped(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		states, err := threadStates(r.PID)
+		if err != nil {
+			return false
+		}
+		stopped := true
+		for _, st := range states {
+			if st != 'T' && st != 't' && st != 'Z' && st != 'X' {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// waitGone polls until every thread of the process has ended or timeout
+// passes.
 func (r procRecord) waitGone(timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
-	for r.alive() {
+	for !r.exited() {
 		if time.Now().After(deadline) {
 			return false
 		}

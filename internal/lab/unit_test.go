@@ -90,7 +90,7 @@ func TestRenderConfig(t *testing.T) {
 		node, profile, role                 string
 		heartbeat, dead, holddown, preDelay string
 	}{
-		{RoleFwA, "default", "primary", "50ms", "200ms", "1s", "2s"},
+		{RoleFwA, "default", "primary", "50ms", "150ms", "1s", "2s"},
 		{RoleFwB, "fast", "secondary", "5ms", "15ms", "500ms", "2s"},
 	} {
 		p, err := profile(tc.profile)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/sched"
 )
 
 // Timing of a Sink's worker.
@@ -160,7 +162,7 @@ func OpenSink(nsh netns.NsHandle, sets []SetRef, logger *slog.Logger) (*Sink, er
 		k.sets[ref.ReplTable()] = st
 	}
 	k.nextCheck = time.Now().Add(checkEvery)
-	go k.worker()
+	go func() { defer sched.Bulk()(); k.worker() }()
 	return k, nil
 }
 

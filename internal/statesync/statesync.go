@@ -37,6 +37,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/ha"
 	"github.com/tandem-ha/tandem/internal/nftsets"
 	"github.com/tandem-ha/tandem/internal/repl"
+	"github.com/tandem-ha/tandem/internal/sched"
 	"github.com/tandem-ha/tandem/internal/syncchan"
 )
 
@@ -137,6 +138,11 @@ type Engine struct {
 	feedWG   sync.WaitGroup
 	pending  [][]byte
 	lastSync repl.SyncStatus
+	// settleGen is the sink's kernel-writer generation that must be
+	// written before a standby says IN_SYNC (0: none pending; see
+	// sinkStatus).
+	settleGen uint64
+	settled   bool
 }
 
 type change struct {
@@ -226,6 +232,9 @@ func cloneMap(m map[string]int) map[string]int {
 
 // Run runs the channel and the loop until ctx ends.
 func (e *Engine) Run(ctx context.Context) error {
+	// The sync loop encodes and decodes every change: bulk work, kept off
+	// the heartbeats' realtime priority (internal/sched).
+	defer sched.Bulk()()
 	linkDone := make(chan error, 1)
 	go func() { linkDone <- e.link.Run(ctx) }()
 	defer func() {
@@ -296,6 +305,12 @@ func (e *Engine) nextDeadline(now time.Time) time.Time {
 	case e.sink != nil:
 		d = e.sink.NextDeadline(now)
 	}
+	if e.sink != nil && e.settleGen != 0 && !e.settled {
+		// Waiting for the kernel writer (sinkStatus): look again soon.
+		if t := now.Add(20 * time.Millisecond); d.IsZero() || t.Before(d) {
+			d = t
+		}
+	}
 	if !e.linkUp && !e.reported && e.active {
 		if t := e.downAt.Add(e.outOfSyncAfter()); d.IsZero() || t.Before(d) {
 			d = t
@@ -360,6 +375,7 @@ func (e *Engine) becomeSink(now time.Time) {
 		}
 		e.store = st
 	}
+	e.settleGen, e.settled = 0, false
 	e.sink = repl.NewSink(repl.SinkConfig{SinkID: newID(), OutOfSyncAfter: e.outOfSyncAfter(), RetryAfter: time.Second}, e.store)
 	if e.linkUp {
 		e.sink.Connected(now)
@@ -385,6 +401,7 @@ func (e *Engine) startFeeds() {
 			e.log.Error("state sync: conntrack source", "err", err)
 		} else {
 			e.feedWG.Go(func() {
+				defer sched.Bulk()()
 				defer src.Close()
 				err := src.Run(ctx, func(b []ctsync.Change) {
 					out := make([]change, len(b))
@@ -406,6 +423,7 @@ func (e *Engine) startFeeds() {
 			e.log.Error("state sync: nft set source", "err", err)
 		} else {
 			e.feedWG.Go(func() {
+				defer sched.Bulk()()
 				err := src.Run(ctx, func(b []nftsets.Change) {
 					out := make([]change, len(b))
 					for i, c := range b {
@@ -629,7 +647,7 @@ func (e *Engine) publish(now time.Time) {
 	case e.sink != nil:
 		s := e.sink.Stats()
 		e.status.Role = "sink"
-		st = s.Status
+		st = e.sinkStatus(s.Status)
 		e.status.Seq, e.status.AckedSeq, e.status.LagEntries, e.status.LagMs = s.Seq, 0, 0, 0
 		e.fillCounts(s.Tables)
 	}
@@ -650,6 +668,32 @@ func (e *Engine) publish(now time.Time) {
 		}
 		e.statusCh <- st
 	}
+}
+
+// sinkStatus is the standby's sync status: the replication engine's, but
+// IN_SYNC only once the kernel holds what the engine held when it first
+// said so. After a full copy of a million entries the engine has them in
+// seconds, the kernel (ctnetlink creates are serialised) several seconds
+// later — and a standby must not look electable, or accept `tandem
+// failover`, before its kernel can carry the connections. Once settled,
+// the live stream's normal few-millisecond backlog does not count.
+func (e *Engine) sinkStatus(st repl.SyncStatus) repl.SyncStatus {
+	if st != repl.SyncInSync {
+		e.settleGen, e.settled = 0, false
+		return st
+	}
+	if e.store == nil || e.store.ct == nil || e.settled {
+		return st
+	}
+	queued, written := e.store.ct.Backlog()
+	if e.settleGen == 0 {
+		e.settleGen = max(queued, 1)
+	}
+	if written >= e.settleGen || queued == 0 {
+		e.settled = true
+		return st
+	}
+	return repl.SyncOutOfSync
 }
 
 func (e *Engine) fillCounts(tables []repl.TableStats) {

@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/tandem-ha/tandem/internal/sched"
 )
 
 const (
@@ -69,8 +71,10 @@ func newSession(l *Link, tc *tls.Conn, raw net.Conn, fr *frameReader, remote net
 // start runs the reader and the writer.
 func (s *session) start() {
 	s.started = time.Now()
-	go s.readLoop()
-	go s.writeLoop()
+	// Encrypting and decrypting a million entries is bulk work: it must
+	// never take the CPU from a heartbeat (internal/sched).
+	go func() { defer sched.Bulk()(); s.readLoop() }()
+	go func() { defer sched.Bulk()(); s.writeLoop() }()
 }
 
 // discard closes a session that was never started.
