@@ -111,6 +111,9 @@ type Daemon struct {
 	ctl     chan ctlCall
 	holding bool      // the data plane holds the virtual IPs
 	next    time.Time // when the machine next wants a Tick (zero: nothing pending)
+	// graceUntil holds Ticks back after this loop was itself stalled
+	// (see stalled).
+	graceUntil time.Time
 
 	cfgDiffSince time.Time // when the units' config heads started to differ (zero: they agree)
 }
@@ -255,6 +258,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.send()
 		case <-deadline.C:
 			now := time.Now()
+			if d.stalled(now) {
+				continue
+			}
 			d.apply(now, d.m.Tick(now))
 		case ev := <-d.opts.Links:
 			now := time.Now()
@@ -325,6 +331,33 @@ func (d *Daemon) apply(now time.Time, r ha.Result) {
 	if r.SendNow {
 		d.send()
 	}
+}
+
+// stalled holds a deadline back for one heartbeat interval when it fired
+// late: this loop was not running (a CPU hog above it, a paused virtual
+// machine), so the peer's heartbeats may be waiting unread in the sockets,
+// and a peer that was frozen with us — the other VM on the same host —
+// has had no chance to send one. Measured on the lab's VM: 20-30 ms
+// freezes of everything, each a false failover for both keepalived and
+// tandem at the fast profile's 15 ms dead interval, with both units
+// declaring the other dead within a few ms of the thaw. The machine still
+// decides; this only makes sure it hears first what arrived. A peer that
+// is really dead is declared so one heartbeat interval later, and only
+// after a stall of this unit.
+func (d *Daemon) stalled(now time.Time) bool {
+	if now.Before(d.graceUntil) {
+		d.next = d.graceUntil
+		return true
+	}
+	hb := d.cfg.HALink.HeartbeatInterval.Duration
+	late := now.Sub(d.next)
+	if d.next.IsZero() || late <= max(hb/2, time.Millisecond) || !d.graceUntil.Before(d.next) {
+		return false
+	}
+	d.log.Info("event loop stalled; reading the peer's heartbeats before judging its deadline", "late", late.Round(time.Microsecond))
+	d.graceUntil = now.Add(hb)
+	d.next = d.graceUntil
+	return true
 }
 
 func (d *Daemon) send() {
