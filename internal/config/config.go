@@ -99,7 +99,7 @@ type Node struct {
 	// RealtimePriority (1..99) runs the daemon's HA path (event loop,
 	// heartbeats, runtime) under SCHED_RR at this priority, so heartbeats
 	// keep their rhythm when the CPUs are busy with other work (keepalived
-	// does the same); bulk sync work stays at normal priority
+	// does the same); bulk sync work runs at realtime priority 1
 	// (internal/sched). 0 turns it off. Default 50.
 	RealtimePriority int `yaml:"realtime_priority"`
 }

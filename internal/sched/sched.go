@@ -7,9 +7,9 @@
 // sockets, the Go runtime's own threads) at that priority. Bulk work
 // (decoding and injecting conntrack entries, encoding and encrypting sync
 // frames, nft set polling, configuration snapshots) runs on goroutines that
-// call Bulk first: each is wired to an OS thread of its own one step below
-// (SCHED_RR priority-1), which the kernel preempts the moment a heartbeat
-// thread wants the CPU. Measured before this split: a 1M-entry burst kept
+// call Bulk first: each is wired to an OS thread of its own at the lowest
+// realtime priority (SCHED_RR 1), which the kernel preempts the moment a
+// heartbeat thread — or any other realtime work on the box — wants the CPU. Measured before this split: a 1M-entry burst kept
 // every daemon thread busy at the heartbeat's priority, equal-priority
 // threads take turns in 100 ms quanta, and the pair fell into a storm of
 // false failovers (BENCHMARKS.md, state sync findings).
@@ -20,8 +20,10 @@
 // CPU. Tried: with bulk threads at SCHED_OTHER and both CPUs busy with
 // normal-priority loops, those stops held the event loop past the fast
 // profile's 15 ms dead interval about once a minute (88 false failovers in
-// 10 minutes). One step below the HA path, bulk threads still run ahead of
-// ordinary processes, so a stop completes at once.
+// 10 minutes). At realtime priority 1, bulk threads still run ahead of
+// ordinary processes, so a stop completes at once. Tried too: one step
+// below the HA path (49); then bulk work at a takeover kept both CPUs from
+// the failover benchmark's probe agent (SCHED_RR 10) for up to 13 ms.
 //
 // Because a bulk goroutine that the kernel has preempted still holds one of
 // the Go runtime's Ps, SetRealtime also raises GOMAXPROCS by BulkReserve so
@@ -90,9 +92,8 @@ func SetRealtime(prio int) error {
 	return nil
 }
 
-// Bulk wires the calling goroutine to an OS thread of its own one
-// realtime priority step below the HA path (SCHED_RR at priority-1, or
-// the same priority when that is 1). Call it first thing in a goroutine that does
+// Bulk wires the calling goroutine to an OS thread of its own at
+// BulkPriority. Call it first thing in a goroutine that does
 // bulk work and let the goroutine end afterwards: the thread is never
 // handed back to the runtime and ends with the goroutine. The returned
 // function forgets the thread; defer it.
@@ -110,7 +111,7 @@ func Bulk() (done func()) {
 	bulk[tid] = true
 	// A failure leaves the thread at the HA path's priority: slower
 	// heartbeats under load, nothing worse, never an error for the caller.
-	_ = unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(BulkPriority(priority))}, 0)
+	_ = unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: BulkPriority}, 0)
 	return func() {
 		mu.Lock()
 		delete(bulk, tid)
@@ -118,9 +119,9 @@ func Bulk() (done func()) {
 	}
 }
 
-// BulkPriority is the realtime priority of bulk threads when the HA path
-// runs at prio.
-func BulkPriority(prio int) int { return max(1, prio-1) }
+// BulkPriority is the realtime priority of bulk threads: the lowest there
+// is.
+const BulkPriority = 1
 
 // Policy reports the scheduling policy of the calling thread (for tests).
 func Policy() (policy uint32, prio uint32, err error) {
