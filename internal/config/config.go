@@ -96,11 +96,10 @@ type Node struct {
 	// Priority (1..254) breaks ties in elections; 0 means the role default
 	// (200 for primary, 100 for secondary). See EffectivePriority.
 	Priority int `yaml:"priority"`
-	// RealtimePriority (1..99) runs the daemon's HA path (event loop,
-	// heartbeats, runtime) under SCHED_RR at this priority, so heartbeats
-	// keep their rhythm when the CPUs are busy with other work (keepalived
-	// does the same); bulk sync work runs at realtime priority 1
-	// (internal/sched). 0 turns it off. Default 50.
+	// RealtimePriority (1..99) runs the daemon's threads under SCHED_RR at
+	// this priority, so heartbeats keep their rhythm when the CPUs are busy
+	// with other work (keepalived does the same); bulk sync work yields the
+	// CPU every 0.5 ms (internal/sched). 0 turns it off. Default 50.
 	RealtimePriority int `yaml:"realtime_priority"`
 }
 

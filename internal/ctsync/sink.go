@@ -161,9 +161,8 @@ type Sink struct {
 	opts  SinkOptions
 	nsh   netns.NsHandle
 	conns []*nlConn
-	// work feeds the injector goroutines, one per conn, which run at
-	// normal priority (sched.Bulk) so a million inserts never delay a
-	// heartbeat. Closed by Close after the loop has stopped.
+	// work feeds the injector goroutines, one per conn. Closed by Close
+	// after the loop has stopped.
 	work chan func()
 
 	// Under mu: what Put, Delete and Reset touch, all O(1) for them.
@@ -239,7 +238,6 @@ func OpenSink(nsh netns.NsHandle, logger *slog.Logger, opts SinkOptions) (*Sink,
 	k.work = make(chan func(), len(k.conns))
 	for range k.conns {
 		go func() {
-			defer sched.Bulk()()
 			for f := range k.work {
 				f()
 			}
@@ -434,7 +432,6 @@ func (k *Sink) Promote(ctx context.Context) (PromoteStats, error) {
 // loop is the only writer to the kernel: queued changes first, then a
 // promotion.
 func (k *Sink) loop() {
-	defer sched.Bulk()()
 	defer close(k.loopDone)
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -811,10 +808,12 @@ func valueHasMaster(v string) bool {
 // run drives ops to completion on one socket, in rounds of batches.
 func (k *Sink) run(ctx context.Context, c *nlConn, ops []*op) {
 	var m msgBuf
+	var y sched.Yielder
 	sent := make([]*op, 0, k.opts.BatchSize)
 	pend := ops
 	for round := 0; len(pend) > 0 && round < 8; round++ {
 		for i := 0; i < len(pend); {
+			y.Pause()
 			if ctx.Err() != nil {
 				for _, o := range pend[i:] {
 					o.stage = stFailed

@@ -283,7 +283,6 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 	q := newEvQueue(s.opts.MaxQueue)
 	readerDone := make(chan struct{})
 	go func() {
-		defer sched.Bulk()()
 		defer close(readerDone)
 		s.readLoop(q)
 	}()
@@ -307,6 +306,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	var y sched.Yielder
 	for {
 		var due <-chan time.Time
 		if len(s.later) > 0 {
@@ -349,6 +349,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 					continue
 				}
 				s.handle(it.b, em)
+				y.Pause()
 			}
 			em.flush()
 			if qerr != nil {
@@ -364,7 +365,9 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 // readLoop moves events from the kernel to q as fast as it can, so the
 // socket buffer only has to absorb bursts shorter than a scheduling delay.
 func (s *Source) readLoop(q *evQueue) {
+	var y sched.Yielder
 	for {
+		y.Pause()
 		s.evMu.Lock()
 		c, stopping := s.ev, s.stopping
 		s.evMu.Unlock()

@@ -162,7 +162,7 @@ func OpenSink(nsh netns.NsHandle, sets []SetRef, logger *slog.Logger) (*Sink, er
 		k.sets[ref.ReplTable()] = st
 	}
 	k.nextCheck = time.Now().Add(checkEvery)
-	go func() { defer sched.Bulk()(); k.worker() }()
+	go k.worker()
 	return k, nil
 }
 
@@ -329,7 +329,9 @@ func (k *Sink) worker() {
 	defer close(k.done)
 	timer := time.NewTimer(checkEvery)
 	defer timer.Stop()
+	var y sched.Yielder
 	for {
+		y.Pause()
 		select {
 		case <-k.stop:
 			return

@@ -2,39 +2,31 @@
 //
 // A unit must send its heartbeats and notice its peer's death on time even
 // while it replicates a million connections. The daemon therefore runs
-// under SCHED_RR (node.realtime_priority), as keepalived does — but only
-// the threads that serve the HA path (the event loop, the heartbeat
-// sockets, the Go runtime's own threads) at that priority. Bulk work
-// (decoding and injecting conntrack entries, encoding and encrypting sync
-// frames, nft set polling, configuration snapshots) runs on goroutines that
-// call Bulk first: each is wired to an OS thread of its own at the lowest
-// realtime priority (SCHED_RR 1), which the kernel preempts the moment a
-// heartbeat thread — or any other realtime work on the box — wants the CPU. Measured before this split: a 1M-entry burst kept
-// every daemon thread busy at the heartbeat's priority, equal-priority
-// threads take turns in 100 ms quanta, and the pair fell into a storm of
-// false failovers (BENCHMARKS.md, state sync findings).
+// every thread under SCHED_RR (node.realtime_priority), as keepalived does,
+// and bulk work (decoding and injecting conntrack entries, encoding and
+// encrypting sync frames, nft set polling) gives the CPU back often: each
+// bulk loop owns a Yielder and calls Pause between batches, which yields
+// the CPU (sched_yield) to any other thread of the same priority — a
+// heartbeat, a deadline — once it has run for YieldEvery. Without it,
+// equal-priority SCHED_RR threads take turns in 100 ms quanta, and a
+// 1M-entry burst made the pair fall into a storm of false failovers
+// (BENCHMARKS.md, state sync findings).
 //
-// Why not normal priority for bulk work: the Go runtime stops the world for
-// its garbage collector, and a stop waits for every running goroutine —
-// including a bulk one whose thread an ordinary CPU hog has pushed off the
-// CPU. Tried: with bulk threads at SCHED_OTHER and both CPUs busy with
-// normal-priority loops, those stops held the event loop past the fast
-// profile's 15 ms dead interval about once a minute (88 false failovers in
-// 10 minutes). At realtime priority 1, bulk threads still run ahead of
-// ordinary processes, so a stop completes at once. Tried too: one step
-// below the HA path (49); then bulk work at a takeover kept both CPUs from
-// the failover benchmark's probe agent (SCHED_RR 10) for up to 13 ms.
+// Why every thread at one priority: the Go runtime's garbage collector
+// spin-waits on other threads (stopping the world, suspending a goroutine
+// to scan its stack) and only yields with sched_yield, which never hands
+// the CPU to a lower priority. Tried and measured: bulk goroutines wired
+// to threads at normal priority, or at realtime priority 1 under the HA
+// path's 50, each left a collector thread spinning at 50 for seconds while
+// the goroutine it waited for could not run — the event loop stalled for
+// up to 450 ms and the pair failed over again and again.
 //
-// Because a bulk goroutine that the kernel has preempted still holds one of
-// the Go runtime's Ps, SetRealtime also raises GOMAXPROCS by BulkReserve so
-// that the HA goroutines always find a free P — not more, because the
-// garbage collector dedicates a quarter of the Ps to marking, at the HA
-// path's priority: NumCPU+4 leaves it one on a 2-CPU machine.
+// Because a bulk goroutine the kernel has preempted still holds one of the
+// Go runtime's Ps, SetRealtime also raises GOMAXPROCS by BulkReserve so the
+// HA goroutines find a free P.
 //
-// What it must never do: give a bulk thread the HA path's priority, or
-// leave a bulk thread in the runtime's pool — a bulk goroutine never calls
-// runtime.UnlockOSThread, so its thread ends with it. It makes no decision
-// about HA state.
+// What it must never do: give threads of this process different
+// priorities, or decide anything about HA state.
 package sched
 
 import (
@@ -43,6 +35,8 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,17 +47,19 @@ import (
 // sync loop, conntrack writer and injectors).
 const BulkReserve = 4
 
+// YieldEvery is how long a bulk loop may keep the CPU before Pause yields
+// it: well under the fast profile's 5 ms heartbeat.
+const YieldEvery = 500 * time.Microsecond
+
 var (
 	mu       sync.Mutex
-	priority int              // realtime priority in force; 0 = off
-	bulk     = map[int]bool{} // thread ids that stay at normal priority
-	raisedTo int              // GOMAXPROCS set by SetRealtime, 0 if never
+	priority int // realtime priority in force; 0 = off
+	on       atomic.Bool
 )
 
-// SetRealtime runs every thread of this process under SCHED_RR at prio,
-// except the bulk threads. It may be called again at any time — threads
-// the runtime starts while it walks the list are caught by the next call.
-// prio 0 turns nothing on and changes nothing.
+// SetRealtime runs every thread of this process under SCHED_RR at prio.
+// It may be called again at any time — threads the runtime starts while it
+// walks the list are caught by the next call. prio 0 changes nothing.
 func SetRealtime(prio int) error {
 	if prio <= 0 {
 		return nil
@@ -71,10 +67,10 @@ func SetRealtime(prio int) error {
 	mu.Lock()
 	defer mu.Unlock()
 	if priority == 0 {
-		raisedTo = max(runtime.GOMAXPROCS(0), runtime.NumCPU()) + BulkReserve
-		runtime.GOMAXPROCS(raisedTo)
+		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), runtime.NumCPU()) + BulkReserve)
 	}
 	priority = prio
+	on.Store(true)
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return fmt.Errorf("realtime priority: %w", err)
@@ -82,7 +78,7 @@ func SetRealtime(prio int) error {
 	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(prio)}
 	for _, t := range tasks {
 		tid, err := strconv.Atoi(t.Name())
-		if err != nil || bulk[tid] {
+		if err != nil {
 			continue
 		}
 		if err := unix.SchedSetAttr(tid, attr, 0); err != nil && err != unix.ESRCH {
@@ -92,42 +88,26 @@ func SetRealtime(prio int) error {
 	return nil
 }
 
-// Bulk wires the calling goroutine to an OS thread of its own at
-// BulkPriority. Call it first thing in a goroutine that does
-// bulk work and let the goroutine end afterwards: the thread is never
-// handed back to the runtime and ends with the goroutine. The returned
-// function forgets the thread; defer it.
-//
-// When realtime is off, Bulk does nothing: every thread is at normal
-// priority already and a dedicated thread would only cost one.
-func Bulk() (done func()) {
-	mu.Lock()
-	defer mu.Unlock()
-	if priority == 0 {
-		return func() {}
-	}
-	runtime.LockOSThread()
-	tid := unix.Gettid()
-	bulk[tid] = true
-	// A failure leaves the thread at the HA path's priority: slower
-	// heartbeats under load, nothing worse, never an error for the caller.
-	_ = unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: BulkPriority}, 0)
-	return func() {
-		mu.Lock()
-		delete(bulk, tid)
-		mu.Unlock()
-	}
+// A Yielder is owned by one bulk loop. The zero value is ready.
+type Yielder struct {
+	since time.Time
 }
 
-// BulkPriority is the realtime priority of bulk threads: the lowest there
-// is.
-const BulkPriority = 1
-
-// Policy reports the scheduling policy of the calling thread (for tests).
-func Policy() (policy uint32, prio uint32, err error) {
-	a, err := unix.SchedGetAttr(unix.Gettid(), 0)
-	if err != nil {
-		return 0, 0, err
+// Pause yields the CPU if the loop has run for YieldEvery since its last
+// pause and the process runs realtime; otherwise it costs a clock read.
+func (y *Yielder) Pause() {
+	if !on.Load() {
+		return
 	}
-	return a.Policy, a.Priority, nil
+	now := time.Now()
+	if y.since.IsZero() {
+		y.since = now
+		return
+	}
+	if now.Sub(y.since) < YieldEvery {
+		return
+	}
+	// sched_yield(2); x/sys has no wrapper. RawSyscall: it never blocks.
+	_, _, _ = unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+	y.since = time.Now()
 }

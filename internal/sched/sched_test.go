@@ -4,27 +4,12 @@ import (
 	"os"
 	"runtime"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// policyOnLockedThread reports the policy of a thread that is not bulk.
-func policyOnLockedThread(t *testing.T) uint32 {
-	t.Helper()
-	ch := make(chan uint32)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		p, _, err := Policy()
-		if err != nil {
-			t.Error(err)
-		}
-		ch <- p
-	}()
-	return <-ch
-}
-
-func TestBulkThreadsStayNormalWhileTheRestIsRealtime(t *testing.T) {
+func TestSetRealtimeReachesEveryThread(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: sets SCHED_RR on this test process")
 	}
@@ -33,9 +18,9 @@ func TestBulkThreadsStayNormalWhileTheRestIsRealtime(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		// Leave the process as we found it for any later test.
 		mu.Lock()
 		priority = 0
+		on.Store(false)
 		mu.Unlock()
 		runtime.GOMAXPROCS(procs)
 		tasks, _ := os.ReadDir("/proc/self/task")
@@ -50,60 +35,38 @@ func TestBulkThreadsStayNormalWhileTheRestIsRealtime(t *testing.T) {
 	if got := runtime.GOMAXPROCS(0); got < procs+BulkReserve {
 		t.Errorf("GOMAXPROCS %d after SetRealtime, want at least %d", got, procs+BulkReserve)
 	}
-	if p := policyOnLockedThread(t); p != unix.SCHED_RR {
-		t.Fatalf("ordinary thread policy %d, want SCHED_RR (%d)", p, unix.SCHED_RR)
-	}
-
-	inBulk := make(chan uint32)
-	release := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		defer Bulk()()
-		pol, prio, _ := Policy()
-		if pol != unix.SCHED_RR {
-			t.Errorf("bulk thread policy %d, want SCHED_RR", pol)
-		}
-		inBulk <- prio
-		<-release
-		// SetRealtime ran again meanwhile: still at the bulk priority.
-		_, prio, _ = Policy()
-		inBulk <- prio
-	}()
-	if p := <-inBulk; p != 1 {
-		t.Fatalf("bulk thread priority %d, want 1 (below the HA path's 5)", p)
-	}
-	if err := SetRealtime(5); err != nil {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
 		t.Fatal(err)
 	}
-	close(release)
-	if p := <-inBulk; p != 1 {
-		t.Fatalf("bulk thread priority %d after a second SetRealtime, want 1", p)
-	}
-	<-exited
-	mu.Lock()
-	n := len(bulk)
-	mu.Unlock()
-	if n != 0 {
-		t.Errorf("%d bulk threads still registered after their goroutines ended", n)
+	for _, tk := range tasks {
+		var tid int
+		for _, c := range tk.Name() {
+			tid = tid*10 + int(c-'0')
+		}
+		a, err := unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			continue // ended meanwhile
+		}
+		if a.Policy != unix.SCHED_RR || a.Priority != 5 {
+			t.Errorf("thread %d: policy %d priority %d, want SCHED_RR 5", tid, a.Policy, a.Priority)
+		}
 	}
 }
 
-func TestBulkIsFreeWhenRealtimeIsOff(t *testing.T) {
-	mu.Lock()
-	on := priority != 0
-	mu.Unlock()
-	if on {
-		t.Skip("realtime is on in this process")
+func TestPauseYieldsOnlyAfterYieldEvery(t *testing.T) {
+	on.Store(true)
+	defer on.Store(false)
+	var y Yielder
+	y.Pause() // starts the clock
+	start := y.since
+	y.Pause()
+	if y.since != start {
+		t.Fatal("Pause yielded before YieldEvery")
 	}
-	done := make(chan bool)
-	go func() {
-		defer Bulk()()
-		mu.Lock()
-		done <- len(bulk) == 0
-		mu.Unlock()
-	}()
-	if !<-done {
-		t.Error("Bulk registered a thread while realtime is off")
+	time.Sleep(YieldEvery + time.Millisecond)
+	y.Pause()
+	if !y.since.After(start) {
+		t.Fatal("Pause did not yield after YieldEvery")
 	}
 }

@@ -232,9 +232,6 @@ func cloneMap(m map[string]int) map[string]int {
 
 // Run runs the channel and the loop until ctx ends.
 func (e *Engine) Run(ctx context.Context) error {
-	// The sync loop encodes and decodes every change: bulk work, kept off
-	// the heartbeats' realtime priority (internal/sched).
-	defer sched.Bulk()()
 	linkDone := make(chan error, 1)
 	go func() { linkDone <- e.link.Run(ctx) }()
 	defer func() {
@@ -250,7 +247,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	statsTick := time.NewTicker(time.Second)
 	defer statsTick.Stop()
 	events := e.link.Events()
+	var y sched.Yielder // the loop encodes and decodes every change
 	for {
+		y.Pause()
 		now := time.Now()
 		e.flush(now)
 		e.publish(now)
@@ -401,7 +400,6 @@ func (e *Engine) startFeeds() {
 			e.log.Error("state sync: conntrack source", "err", err)
 		} else {
 			e.feedWG.Go(func() {
-				defer sched.Bulk()()
 				defer src.Close()
 				err := src.Run(ctx, func(b []ctsync.Change) {
 					out := make([]change, len(b))
@@ -423,7 +421,6 @@ func (e *Engine) startFeeds() {
 			e.log.Error("state sync: nft set source", "err", err)
 		} else {
 			e.feedWG.Go(func() {
-				defer sched.Bulk()()
 				err := src.Run(ctx, func(b []nftsets.Change) {
 					out := make([]change, len(b))
 					for i, c := range b {

@@ -71,10 +71,8 @@ func newSession(l *Link, tc *tls.Conn, raw net.Conn, fr *frameReader, remote net
 // start runs the reader and the writer.
 func (s *session) start() {
 	s.started = time.Now()
-	// Encrypting and decrypting a million entries is bulk work: it must
-	// never take the CPU from a heartbeat (internal/sched).
-	go func() { defer sched.Bulk()(); s.readLoop() }()
-	go func() { defer sched.Bulk()(); s.writeLoop() }()
+	go s.readLoop()
+	go s.writeLoop()
 }
 
 // discard closes a session that was never started.
@@ -190,8 +188,10 @@ func (s *session) writeLoop() {
 	var spare []byte
 	lastWrite := time.Now()
 	ping := appendFrame(nil, ftPing, nil)
+	var y sched.Yielder // encrypting a million entries is bulk work
 
 	for {
+		y.Pause()
 		select {
 		case <-s.ctx.Done():
 			s.sayBye()
@@ -278,7 +278,9 @@ func (s *session) sayBye() {
 func (s *session) readLoop() {
 	defer close(s.readerDone)
 	events := s.l.events
+	var y sched.Yielder // decrypting a million entries is bulk work
 	for {
+		y.Pause()
 		t, p, err := s.fr.next(true)
 		if err != nil {
 			s.readFailed(err)
