@@ -11,6 +11,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"go.etcd.io/bbolt"
+
+	"github.com/tandem-ha/tandem/internal/sched"
 )
 
 // Swap closes and reopens the live database around the rename that
@@ -191,7 +193,9 @@ func receiveInto(r io.Reader, f *os.File, m *Manifest, workers int) error {
 				send(decoded{err: err})
 			}
 		}()
+		var y sched.Yielder // decompressing and hashing 200 MB at the daemon's priority
 		for d := range out {
+			y.Pause()
 			if d.err != nil {
 				err = d.err
 				break
@@ -228,7 +232,9 @@ func readChunks(r io.Reader, m Manifest, free chan []byte, stop chan struct{}, s
 	n := int64(headerLen)
 	rec := make([]byte, chunkHdrLen)
 	comp := make([]byte, maxCompressed(m.ChunkSize))
+	var y sched.Yielder
 	for i := 0; i < m.Chunks; i++ {
+		y.Pause()
 		if _, err := io.ReadFull(r, rec); err != nil {
 			return n, readErr(fmt.Sprintf("chunk %d header", i), err)
 		}

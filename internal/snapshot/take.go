@@ -14,6 +14,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"go.etcd.io/bbolt"
+
+	"github.com/tandem-ha/tandem/internal/sched"
 )
 
 // Options tune Take and Receive. The zero value is ready to use.
@@ -156,6 +158,9 @@ type chunker struct {
 	comp  []byte
 	index uint32
 	err   error // first compress/write error (serial mode)
+	// yield gives the CPU back while the caller's copy runs: the daemon
+	// is realtime and a 200 MB copy must not hold off a heartbeat.
+	yield sched.Yielder
 
 	// Two-worker mode.
 	work chan []byte
@@ -184,7 +189,9 @@ func newChunker(chunkSize, workers int, enc *zstd.Encoder, out io.Writer) *chunk
 	c.buf = <-c.free
 	go func() {
 		var err error
+		var y sched.Yielder // compressing 200 MB at the daemon's priority
 		for raw := range c.work {
+			y.Pause()
 			if err == nil {
 				err = c.emit(raw)
 			}
@@ -232,6 +239,7 @@ func (c *chunker) flush() error {
 func (c *chunker) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
+		c.yield.Pause()
 		k := min(len(p), c.chunkSize-len(c.buf))
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
@@ -248,6 +256,7 @@ func (c *chunker) Write(p []byte) (int, error) {
 func (c *chunker) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
 	for {
+		c.yield.Pause()
 		n, err := r.Read(c.buf[len(c.buf):c.chunkSize])
 		c.buf = c.buf[:len(c.buf)+n]
 		total += int64(n)
