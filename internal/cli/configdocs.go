@@ -224,11 +224,24 @@ func configDocCommands() []*cobra.Command {
 	}, &rbSocket)
 
 	var confSocket string
-	add(&cobra.Command{
-		Use:   "conflicts",
-		Short: "List local revisions set aside after a partition in which both units accepted changes",
+	var confID uint64
+	conf := &cobra.Command{
+		Use:   "conflicts [--id ID]",
+		Short: "List local revisions set aside after a partition in which both units accepted changes (--id: print one's content byte for byte)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if confID != 0 {
+				var doc configsync.Document
+				if err := configCall(c, confSocket, "config.conflict", configsync.ConflictArgs{ID: confID}, &doc); err != nil {
+					return err
+				}
+				b, err := base64.StdEncoding.DecodeString(doc.ContentBase64)
+				if err != nil {
+					return err
+				}
+				_, err = c.OutOrStdout().Write(b)
+				return err
+			}
 			var cs []configsync.ConflictView
 			if err := configCall(c, confSocket, "config.conflicts", nil, &cs); err != nil {
 				return err
@@ -245,7 +258,9 @@ func configDocCommands() []*cobra.Command {
 			}
 			return tw.Flush()
 		},
-	}, &confSocket)
+	}
+	conf.Flags().Uint64Var(&confID, "id", 0, "print the content of this conflict (its ID in the list)")
+	add(conf, &confSocket)
 
 	var stSocket string
 	add(&cobra.Command{

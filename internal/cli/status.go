@@ -84,6 +84,19 @@ func printStatus(w io.Writer, output string, st *daemon.Status) error {
 		fmt.Fprintf(tw, "peer\t%s (%s, priority %d)\tepoch %d\tsync %s\t%s, tandem %s\n", p.State, p.Role, p.Priority, p.Epoch, p.Sync, life, p.Version)
 	}
 	fmt.Fprintf(tw, "timing\theartbeat %gms\tdead %gms\tpreempt %v\t\n", st.Heartbeat.HeartbeatMs, st.Heartbeat.DeadMs, st.Preempt)
+	if c := st.Config; c != nil {
+		peer, same := "peer unknown", ""
+		if c.PeerKnown {
+			peer, same = fmt.Sprintf("peer revision %d (%s)", c.PeerRevision, c.PeerHash), "same as the peer"
+			if c.Differ {
+				same = "DIFFERS from the peer"
+			}
+		}
+		fmt.Fprintf(tw, "config\trevision %d (%s)\t%s\t%s\t\n", c.Revision, c.Hash, peer, same)
+		for _, cp := range c.Peers {
+			fmt.Fprintf(tw, "config sync\t%s\n", configPeerCells(cp, time.Now()))
+		}
+	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

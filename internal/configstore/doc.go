@@ -29,7 +29,11 @@
 // revisions after the ancestor into the conflicts bucket — kept and
 // listable with Conflicts, never dropped — and then accepts the peer's
 // history. A whole-database copy is the snapshot package's job; DB exposes
-// the bbolt handle it reads.
+// the bbolt handle it reads. Before a received copy is installed,
+// OpenReceived reads its history (stale? diverged?) and CarryOver writes
+// into it what is the receiving unit's own: its conflicts, with their
+// contents, and its apply outcomes; documents that differ are applied
+// after the install (ApplyPending, also at the next Open after a crash).
 //
 // What it must never do: write on a STANDBY except through ApplyReplicated,
 // Divergent and a snapshot restore. The daemon enforces the read-only rule

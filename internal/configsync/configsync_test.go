@@ -21,30 +21,15 @@ import (
 type memLink struct {
 	mu sync.Mutex
 	up bool
+	// Frames sent before both ends were told Up wait here, as the real
+	// channel delivers a session's frames only after its Up.
+	ready bool
+	held  []func()
 }
 
 func (l *memLink) isUp() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.up }
 
-func connect(a, b *Service) *memLink {
-	l := &memLink{up: true}
-	var toA, toB func(...[]byte) error
-	mk := func(dst *Service, back *func(...[]byte) error) func(...[]byte) error {
-		return func(fs ...[]byte) error {
-			if !l.isUp() {
-				return errors.New("not connected")
-			}
-			for _, f := range fs {
-				dst.Frame(append([]byte(nil), f...), *back)
-			}
-			return nil
-		}
-	}
-	toB = mk(b, &toA)
-	toA = mk(a, &toB)
-	a.Up(toB)
-	b.Up(toA)
-	return l
-}
+func connect(a, b *Service) *memLink { return connectTap(a, b, nil) }
 
 func (l *memLink) cut(a, b *Service) {
 	l.mu.Lock()

@@ -24,8 +24,33 @@
 // another schema are refused and the refusal is shown in the status.
 // Documents larger than one frame are sent in chunks.
 //
+// Besides the revisions, the ACTIVE replicates the whole management
+// database — documents, history and audit log — by snapshot
+// (internal/snapshot, snapshot.go here): after publishes (debounced; one
+// transfer in flight at a time, a publish during a transfer scheduling one
+// more), every config_sync.snapshot_interval, and when a standby connects
+// or the role changes. The snapshot is taken in a read transaction
+// (writers go on), spooled beside the database and streamed in binary
+// frames of at most 1 MiB, waiting out the channel's backpressure. The
+// standby stages it into a temp file, verifies it, refuses it if it is
+// older than its own head of the same history, sets a diverged history
+// aside as conflicts first, carries its own conflicts and apply outcomes
+// into it, and installs it — close, rename, reopen — while holding the
+// store lock for writing, so no request runs against a closed store; then
+// it applies the documents that changed and sends the restore notification
+// back. A corrupted or truncated stream, a channel that drops or a killed
+// process leaves the standby's database as it was; temp files are removed
+// at once, or by the next start. config.status shows each peer's status
+// (snapshot.DecideStatus), last sync, last error and last snapshot.
+//
+// SyncChanges gives the HA machine this unit's configuration sync status:
+// a STANDBY holding a document that failed to apply is OUT_OF_SYNC (the
+// daemon combines it with state sync's), so a failover to it is refused
+// without --force.
+//
 // What it must never do: write on a STANDBY except replicated revisions
-// (ApplyReplicated) and the divergence bookkeeping of configstore.Divergent;
+// (ApplyReplicated), the divergence bookkeeping of configstore.Divergent
+// and the install of a verified snapshot; lose a conflict to a snapshot;
 // decide or change HA state (who is ACTIVE is internal/ha's to say — this
 // package only follows SetActive); block the sync engine's loop (frames are
 // queued and handled by the Service's own goroutine, so a slow apply hook

@@ -45,6 +45,11 @@ type RollbackArgs struct {
 	Author string `json:"author,omitempty"`
 }
 
+// ConflictArgs are config.conflict's: which conflict (ConflictView.ID).
+type ConflictArgs struct {
+	ID uint64 `json:"id"`
+}
+
 // HistoryArgs are config.history's.
 type HistoryArgs struct {
 	Limit int `json:"limit,omitempty"`
@@ -112,6 +117,10 @@ type PeerView struct {
 	LastSync    *time.Time `json:"last_sync,omitempty"`
 	LastAttempt *time.Time `json:"last_attempt,omitempty"`
 	LastError   string     `json:"last_error,omitempty"`
+	// The management-database snapshots (see SnapshotView).
+	LastSnapshot     *SnapshotView `json:"last_snapshot,omitempty"`
+	Snapshots        uint64        `json:"snapshots"` // installed since the daemon started
+	SnapshotInFlight bool          `json:"snapshot_in_flight"`
 }
 
 // Status is config.status's answer.
@@ -149,6 +158,9 @@ func (s *Service) Handle(op string, args json.RawMessage, active bool, activeNam
 	if s.closed.Load() {
 		return nil, configstore.ErrClosed
 	}
+	// Never against a store a snapshot install has closed: wait for it.
+	s.storeMu.RLock()
+	defer s.storeMu.RUnlock()
 	switch op {
 	case "config.publish", "config.rollback":
 		if !active || !s.active.Load() {
@@ -215,8 +227,29 @@ func (s *Service) Handle(op string, args json.RawMessage, active bool, activeNam
 			out = append(out, ConflictView{ID: c.ID, Detected: c.Detected, Ancestor: c.Ancestor, RemoteHead: c.RemoteHead, Revision: View(c.Revision)})
 		}
 		return out, nil
+	case "config.conflict":
+		// One set-aside revision with its content: nothing a partition
+		// set aside is out of the operator's reach.
+		var a ConflictArgs
+		if err := decode(args, &a); err != nil {
+			return nil, err
+		}
+		c, err := s.store.ConflictContent(a.ID)
+		if err != nil {
+			return nil, err
+		}
+		cs, err := s.store.Conflicts()
+		if err != nil {
+			return nil, err
+		}
+		for _, x := range cs {
+			if x.ID == a.ID {
+				return Document{Revision: View(x.Revision), ContentBase64: base64.StdEncoding.EncodeToString(c)}, nil
+			}
+		}
+		return nil, fmt.Errorf("conflict %d: %w", a.ID, configstore.ErrNotFound)
 	case "config.status":
-		return s.Status(active), nil
+		return s.status(active), nil
 	case "sync.force":
 		s.mu.Lock()
 		ok := s.st.linkUp && s.st.peerKnown
@@ -225,7 +258,7 @@ func (s *Service) Handle(op string, args json.RawMessage, active bool, activeNam
 			return nil, errors.New("cannot resynchronize the configuration: the peer is not connected (see `tandem status`)")
 		}
 		s.enqueue(event{kind: evForce})
-		return s.Status(active), nil
+		return s.status(active), nil
 	}
 	return nil, fmt.Errorf("unknown configuration operation %q", op)
 }
@@ -282,8 +315,8 @@ func (s *Service) written(r configstore.Revision, err error) (any, error) {
 	return res, nil
 }
 
-// Status is this unit's configuration sync status.
-func (s *Service) Status(active bool) Status {
+// status is Status with the store lock held.
+func (s *Service) status(active bool) Status {
 	head, hash := s.Head()
 	st := Status{Node: s.node, Role: "STANDBY", Head: head, Hash: hex.EncodeToString(hash[:]), Sync: "IN_SYNC",
 		ApplyErrors: s.applyErrors(), Errors: []string{}, Peers: []PeerView{}}
@@ -309,7 +342,7 @@ func (s *Service) Status(active bool) Status {
 	}
 	ps := s.st.sync
 	connected := s.st.linkUp && s.st.peerKnown && s.st.schemaErr == ""
-	ps.Refresh(s.ha, connected, active && s.st.peerKnown && s.st.peerActive)
+	ps.Refresh(s.ha, connected, active && (s.st.peerKnown && s.st.peerActive || s.peerHA.Load()))
 	if connected && ps.Status == snapshot.StatusSynchronized {
 		// The last attempt succeeded; still not synchronized while the
 		// standby lacks revisions or failed to apply some.
@@ -340,6 +373,7 @@ func (s *Service) Status(active bool) Status {
 		t := ps.LastAttempt
 		pv.LastAttempt = &t
 	}
+	s.snapView(&pv)
 	st.Peers = append(st.Peers, pv)
 	return st
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tandem-ha/tandem/internal/config"
 	"github.com/tandem-ha/tandem/internal/configstore"
+	"github.com/tandem-ha/tandem/internal/ha"
 	"github.com/tandem-ha/tandem/internal/snapshot"
 	"github.com/tandem-ha/tandem/internal/version"
 )
@@ -70,16 +71,27 @@ type Options struct {
 	NoSync bool
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// SnapshotInterval is how often the ACTIVE sends the standby a
+	// snapshot of the whole database besides after publishes
+	// (config_sync.snapshot_interval); 0: only after publishes and when a
+	// standby connects.
+	SnapshotInterval time.Duration
+	// SnapshotDebounce is the wait after a publish before the snapshot;
+	// default DefaultSnapshotDebounce.
+	SnapshotDebounce time.Duration
 }
 
 // Service is one unit's configuration store and its replication.
 type Service struct {
-	store  *configstore.Store
-	log    *slog.Logger
-	node   string
-	ha     bool
-	schema int
-	now    func() time.Time
+	store     storeRef     // the current store, replaced by a snapshot install
+	storeMu   sync.RWMutex // held for reading by requests, for writing by the install
+	path      string
+	storeOpts configstore.Options
+	log       *slog.Logger
+	node      string
+	ha        bool
+	schema    int
+	now       func() time.Time
 
 	active atomic.Bool
 
@@ -98,6 +110,10 @@ type Service struct {
 	sentUpTo uint64 // ACTIVE: revisions up to this one were queued to the peer
 	lastPush time.Time
 	partial  *partialRev
+	snap     snapWorker
+
+	syncCh chan ha.SyncStatus // SyncChanges
+	peerHA atomic.Bool        // SetPeerActive
 }
 
 // state is what the worker shares with status readers.
@@ -112,6 +128,7 @@ type state struct {
 	schemaErr  string
 	resyncing  bool
 	sync       snapshot.PeerSync
+	snap       snapStatus
 	errors     []string
 }
 
@@ -136,6 +153,7 @@ type event struct {
 	kind eventKind
 	b    []byte
 	send func(...[]byte) error
+	snap *snapDone
 }
 
 // Open opens the Service of a tandem configuration: the store at
@@ -156,6 +174,8 @@ func Open(cfg *config.Config, logger *slog.Logger) (*Service, error) {
 		Hooks:  hooks,
 		Logger: logger,
 		HA:     cfg.Sync.Enabled,
+
+		SnapshotInterval: cfg.ConfigSync.SnapshotInterval.Duration,
 	})
 }
 
@@ -174,16 +194,20 @@ func OpenWith(o Options) (*Service, error) {
 	if err := os.MkdirAll(filepath.Dir(o.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("config sync: state directory: %w", err)
 	}
-	st, err := configstore.Open(o.Path, configstore.Options{Hooks: o.Hooks, Node: o.Node, Now: o.Now, NoSync: o.NoSync})
+	storeOpts := configstore.Options{Hooks: o.Hooks, Node: o.Node, Now: o.Now, NoSync: o.NoSync}
+	st, err := configstore.Open(o.Path, storeOpts)
 	if err != nil {
 		return nil, err
 	}
 	st.SetReadOnly(true)
 	s := &Service{
-		store: st, log: o.Logger, node: o.Node, ha: o.HA, schema: o.Schema, now: o.Now,
+		log: o.Logger, node: o.Node, ha: o.HA, schema: o.Schema, now: o.Now,
+		path: o.Path, storeOpts: storeOpts,
 		signal: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
+	s.store.p.Store(st)
 	s.st.sync.Peer = "peer"
+	s.snapInit(o)
 	go s.run()
 	return s, nil
 }
@@ -195,18 +219,22 @@ func (s *Service) Close() error {
 	}
 	close(s.stop)
 	<-s.done
+	s.snapClose()
 	return s.store.Close()
 }
 
 // Store exposes the configuration store (read it; write through Handle).
-func (s *Service) Store() *configstore.Store { return s.store }
+func (s *Service) Store() *configstore.Store { return s.store.get() }
 
 // SetActive tells the Service this unit's HA role. Writes are accepted only
 // while active; the store is made read-only at once when the unit leaves
 // ACTIVE.
 func (s *Service) SetActive(active bool) {
+	// The flag first: a snapshot install that swaps the store meanwhile
+	// sets the new store's read-only flag from it.
+	changed := s.active.Swap(active) != active
 	s.store.SetReadOnly(!active)
-	if s.active.Swap(active) != active {
+	if changed {
 		s.enqueue(event{kind: evRole})
 	}
 }

@@ -134,22 +134,29 @@ func (s *Service) run() {
 }
 
 func (s *Service) handleEvent(ev event) {
+	if ev.kind != evFrame || len(ev.b) == 0 || ev.b[0] != snapDataTag {
+		defer s.reportSync()
+	}
 	switch ev.kind {
 	case evUp:
+		s.snapDown("a new sync channel session began")
 		s.send, s.partial, s.sentUpTo = ev.send, nil, 0
 		s.mu.Lock()
 		s.st.linkUp, s.st.peerKnown = true, false
 		s.mu.Unlock()
 		s.sayHello()
 	case evDown:
+		s.snapDown("the sync channel went down")
 		s.send, s.partial = nil, nil
 		s.mu.Lock()
 		s.st.linkUp, s.st.peerKnown, s.st.resyncing = false, false, false
 		s.mu.Unlock()
 	case evRole:
+		s.snapDown("this unit's role changed")
 		s.sayHello()
 	case evKick:
 		s.push()
+		s.snapWant()
 	case evForce:
 		s.force()
 	case evFrame:
@@ -157,6 +164,8 @@ func (s *Service) handleEvent(ev event) {
 			s.send = ev.send
 		}
 		s.onFrame(ev.b)
+	default:
+		s.snapEvent(ev)
 	}
 }
 
@@ -184,6 +193,10 @@ func (s *Service) peerIsActive() bool {
 }
 
 func (s *Service) onFrame(b []byte) {
+	if len(b) > 0 && b[0] == snapDataTag {
+		s.onSnapData(b)
+		return
+	}
 	var f frame
 	if err := json.Unmarshal(b, &f); err != nil {
 		s.recordError("bad frame from the peer: %v", err)
@@ -221,6 +234,7 @@ func (s *Service) onFrame(b []byte) {
 			s.recordError("collision: the peer %s is ACTIVE too; configuration is not synchronized until one unit steps down", f.Node)
 		case s.active.Load():
 			s.syncPeer(f.Head, f.Chain, false)
+			s.snapWant()
 		case f.Active:
 			if err := s.sendFrames(s.standbyFrame(tHead)); err != nil {
 				s.recordError("send head to the peer: %v", err)
@@ -230,6 +244,7 @@ func (s *Service) onFrame(b []byte) {
 		if s.peerIsStandby() {
 			s.onAck(f)
 			s.syncPeer(f.Head, f.Chain, f.Type == tResync)
+			s.snapPeerSeen()
 		}
 	case tAck:
 		s.onAck(f)
@@ -241,6 +256,8 @@ func (s *Service) onFrame(b []byte) {
 		if s.peerIsActive() {
 			s.onRev(f)
 		}
+	case tSnapBegin, tSnapEnd, tSnapAbort, tSnapResult:
+		s.onSnapFrame(f, b)
 	default:
 		s.recordError("unknown config-sync frame %q from the peer", f.Type)
 	}

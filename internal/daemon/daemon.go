@@ -80,6 +80,13 @@ type ConfigService interface {
 	SetActive(active bool)
 	// Head is the config revision and truncated content hash.
 	Head() (rev uint64, hash [8]byte)
+	// SyncChanges delivers the configuration's sync status for the HA
+	// machine (OUT_OF_SYNC: a document failed to apply on this STANDBY);
+	// the loop combines it with state sync's, the worse winning.
+	SyncChanges() <-chan ha.SyncStatus
+	// SetPeerActive says whether the peer claims ACTIVE while this unit
+	// does too (the "Collision" status).
+	SetPeerActive(both bool)
 }
 
 // Syncer is state synchronization as the event loop sees it: it is told
@@ -116,6 +123,9 @@ type Daemon struct {
 	graceUntil time.Time
 
 	cfgDiffSince time.Time // when the units' config heads started to differ (zero: they agree)
+
+	// The sync status of each source, combined for the machine (syncstatus.go).
+	stateSync, configSync ha.SyncStatus
 }
 
 type ctlCall struct {
@@ -150,6 +160,8 @@ func New(cfg *config.Config, key []byte, o Options) (*Daemon, error) {
 		// of an older run.
 		bootID: uint64(time.Now().UnixNano()),
 		ctl:    make(chan ctlCall),
+		// Configuration sync has no objection until it says otherwise.
+		configSync: ha.SyncInSync,
 	}
 	d.paths = Paths(cfg)
 	tr, err := heartbeat.Open(d.paths, heartbeat.Options{
@@ -267,12 +279,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Info("watched link", "link", ev.Name, "up", ev.Up, "reason", ev.Reason)
 			d.apply(now, d.m.LinkChanged(now, ev.Name, ev.Up, ev.Reason))
 		case st := <-d.syncChanges():
-			now := time.Now()
-			d.log.Info("sync status", "sync", st)
-			if st == ha.SyncOutOfSync {
-				d.log.Warn("out_of_sync")
-			}
-			d.apply(now, d.m.SetSync(now, st))
+			d.stateSync = st
+			d.setSync(time.Now())
+		case st := <-d.configSyncChanges():
+			d.configSync = st
+			d.setSync(time.Now())
 		case <-d.opts.Conflicts:
 			if d.holding {
 				d.log.Warn("another unit answers for our virtual IPs; announcing again")
@@ -439,9 +450,14 @@ func (d *Daemon) Control(ctx context.Context, req control.Request) (any, error) 
 			return nil, err
 		}
 		r := v.(configRole)
+		d.opts.Config.SetPeerActive(r.bothActive)
 		return d.opts.Config.Handle(req.Op, req.Args, r.active, r.name, r.addr)
 	}
-	return d.call(ctx, req)
+	v, err := d.call(ctx, req)
+	if st, ok := v.(Status); ok && req.Op == "status" && err == nil {
+		v = d.withConfigPeers(st)
+	}
+	return v, err
 }
 
 func (d *Daemon) call(ctx context.Context, req control.Request) (any, error) {
@@ -511,12 +527,15 @@ func isConfigOp(op string) bool { return strings.HasPrefix(op, "config.") || op 
 type configRole struct {
 	active     bool
 	name, addr string // the ACTIVE unit, when it is the peer or this unit
+	bothActive bool   // this unit and the peer both claim ACTIVE
 }
 
 func (d *Daemon) configRole() configRole {
 	r := configRole{active: d.m.State() == ha.StateActive}
 	if r.active {
 		r.name, r.addr = d.cfg.Node.Name, d.cfg.LocalHAAddress().Addr().String()
+		p := d.m.Status(time.Now()).Peer
+		r.bothActive = p.Known && p.Alive && p.Advert.State == ha.StateActive
 		return r
 	}
 	ms := d.m.Status(time.Now())

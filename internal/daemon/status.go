@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tandem-ha/tandem/internal/configsync"
 	"github.com/tandem-ha/tandem/internal/ha"
 	"github.com/tandem-ha/tandem/internal/version"
 	"github.com/tandem-ha/tandem/internal/wire"
@@ -47,6 +48,12 @@ type ConfigHeads struct {
 	PeerHash     string `json:"peer_hash"`
 	PeerKnown    bool   `json:"peer_known"`
 	Differ       bool   `json:"differ"`
+	// Sync is configuration sync's status on this unit (IN_SYNC, or
+	// OUT_OF_SYNC when a document failed to apply) and Peers each peer's
+	// synchronization status, last sync and last database snapshot, as
+	// `tandem config status` shows them.
+	Sync  string                `json:"sync,omitempty"`
+	Peers []configsync.PeerView `json:"peers,omitempty"`
 }
 
 // Timing echoes the configured intervals.

@@ -15,7 +15,9 @@
 // directory, then closes the live store, renames the file over it
 // atomically, fsyncs the directory and reopens the store (Swap callbacks).
 // Stage and Staged.Install split the two halves for a caller that installs
-// from its event loop. NewResult is the restore notification sent back to
+// from its event loop; Staged.Patch lets it carry what is its own (the
+// receiver's conflicts, internal/configstore.CarryOver) into the verified
+// file before the install. NewResult is the restore notification sent back to
 // the ACTIVE; PeerSync and DecideStatus give the dashboard each peer's
 // status.
 //
