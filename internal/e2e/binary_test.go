@@ -44,7 +44,7 @@ type proc struct {
 	log string
 }
 
-func startDaemon(t *testing.T, config, log string) *proc {
+func startDaemon(t testing.TB, config, log string) *proc {
 	t.Helper()
 	f, err := os.Create(log)
 	if err != nil {
@@ -70,7 +70,7 @@ func startDaemon(t *testing.T, config, log string) *proc {
 	return p
 }
 
-func status(t *testing.T, socket string) (daemon.Status, error) {
+func status(t testing.TB, socket string) (daemon.Status, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -80,7 +80,7 @@ func status(t *testing.T, socket string) (daemon.Status, error) {
 }
 
 // waitFor polls cond every 2 ms until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Time {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Time {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -98,7 +98,10 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // and exit code.
 func runCLI(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	out, err := exec.Command(tandemBin, args...).CombinedOutput()
+	cmd := exec.Command(tandemBin, args...)
+	// A -race binary sleeps 1 s at exit by default: a second per CLI call.
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); ok {
 		return string(out), ee.ExitCode()
 	} else if err != nil {

@@ -28,7 +28,7 @@ type pair struct {
 	preempt time.Duration
 }
 
-func newPair(t *testing.T, hb, dead, preemptDelay time.Duration) *pair {
+func newPair(t testing.TB, hb, dead, preemptDelay time.Duration) *pair {
 	t.Helper()
 	p := &pair{dir: t.TempDir(), port: 20000 + mrand.IntN(30000), hb: hb, dead: dead, preempt: preemptDelay}
 	raw := make([]byte, 32)
@@ -55,11 +55,11 @@ sync: {conntrack: false}  # both units share this machine's conntrack table
 
 func (p *pair) config(n string) string { return filepath.Join(p.dir, n+".yaml") }
 func (p *pair) socket(n string) string { return filepath.Join(p.dir, n+".sock") }
-func (p *pair) start(t *testing.T, n string) *proc {
+func (p *pair) start(t testing.TB, n string) *proc {
 	return startDaemon(t, p.config(n), filepath.Join(p.dir, fmt.Sprintf("%s-%d.log", n, time.Now().UnixNano())))
 }
 
-func (p *pair) state(t *testing.T, n string) string {
+func (p *pair) state(t testing.TB, n string) string {
 	st, err := status(t, p.socket(n))
 	if err != nil {
 		return "unreachable"
@@ -69,7 +69,7 @@ func (p *pair) state(t *testing.T, n string) string {
 
 // waitElected waits until fw-a is ACTIVE, fw-b STANDBY, and both are
 // IN_SYNC (an operator's failover is refused before that, as it should be).
-func (p *pair) waitElected(t *testing.T) {
+func (p *pair) waitElected(t testing.TB) {
 	t.Helper()
 	waitFor(t, 10*time.Second, "fw-a ACTIVE, fw-b STANDBY, both IN_SYNC", func() bool {
 		a, errA := status(t, p.socket("fw-a"))
