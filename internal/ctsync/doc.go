@@ -168,9 +168,11 @@
 //
 // At a million connections the Source reported 30k changes/s while the
 // kernel made 74k/s: the queue filled, and the overrun was repaired by a
-// dump with nothing lost. Promote in Inject mode is the worst case here
-// (every benchmark entry has a timeout below StandbyTimeout); established
-// TCP connections need no refresh.
+// dump with nothing lost. Promote in Inject mode refreshed every timeout
+// in this table (every benchmark entry has one below StandbyTimeout):
+// since then Promote returns once stale entries are gone and failed
+// writes retried, and the timeouts are set afterwards, a chunk at a time
+// behind live changes (injectPromoteOps).
 //
 // Kernel-side creation dominates and is serialised (ctnetlink's new and
 // delete requests run under the subsystem mutex): a second socket gains
@@ -189,9 +191,9 @@
 // request per replicated change, far below what it can take: the ACTIVE's
 // event rate is lower) and kernel memory for the entries, but at
 // promotion every connection is already in the table: traffic flows from
-// the first packet, and Promote's timeout refresh runs on entries that
-// already work (it only concerns entries whose replicated timeout is below
-// StandbyTimeout: established TCP connections need none). Commit on
+// the first packet, and the timeout refresh after Promote runs on entries
+// that already work (it only concerns entries whose replicated timeout is
+// below StandbyTimeout: established TCP connections need none). Commit on
 // promotion keeps the standby idle and uses less memory than the kernel
 // would, but at a million entries the last one reaches the table seconds
 // after the takeover, and every connection still missing drops its packets
