@@ -121,16 +121,7 @@ func configDocCommands() []*cobra.Command {
 		Short: "Print a configuration document byte for byte (at the head or at revision R)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			var doc configsync.Document
-			if err := configCall(c, getSocket, "config.get", configsync.GetArgs{Category: getCat, Name: getName, Rev: getRev}, &doc); err != nil {
-				return err
-			}
-			b, err := base64.StdEncoding.DecodeString(doc.ContentBase64)
-			if err != nil {
-				return err
-			}
-			_, err = c.OutOrStdout().Write(b)
-			return err
+			return printDocument(c, getSocket, "config.get", configsync.GetArgs{Category: getCat, Name: getName, Rev: getRev})
 		},
 	}
 	get.Flags().StringVar(&getCat, "category", "", "document category")
@@ -231,16 +222,7 @@ func configDocCommands() []*cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if confID != 0 {
-				var doc configsync.Document
-				if err := configCall(c, confSocket, "config.conflict", configsync.ConflictArgs{ID: confID}, &doc); err != nil {
-					return err
-				}
-				b, err := base64.StdEncoding.DecodeString(doc.ContentBase64)
-				if err != nil {
-					return err
-				}
-				_, err = c.OutOrStdout().Write(b)
-				return err
+				return printDocument(c, confSocket, "config.conflict", configsync.ConflictArgs{ID: confID})
 			}
 			var cs []configsync.ConflictView
 			if err := configCall(c, confSocket, "config.conflicts", nil, &cs); err != nil {
@@ -302,4 +284,19 @@ func newSyncCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&force, "force", false, "confirm the full resynchronization")
 	socketFlag(cmd, &socket)
 	return cmd
+}
+
+// printDocument asks the daemon for one document and writes its content
+// byte for byte, as it was published.
+func printDocument(c *cobra.Command, socket, op string, args any) error {
+	var doc configsync.Document
+	if err := configCall(c, socket, op, args, &doc); err != nil {
+		return err
+	}
+	b, err := base64.StdEncoding.DecodeString(doc.ContentBase64)
+	if err != nil {
+		return err
+	}
+	_, err = c.OutOrStdout().Write(b)
+	return err
 }
