@@ -1,13 +1,11 @@
 package ctsync
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,7 +69,8 @@ type SourceOptions struct {
 	// heartbeat and sync ports).
 	IgnorePorts []uint16
 	// IgnoreFlow, when set, is asked about every connection the other
-	// rules let through; true means do not synchronise it.
+	// rules let through; true means do not synchronise it. f is only
+	// valid during the call.
 	IgnoreFlow func(f *conntrack.Flow) bool
 	// IgnoreExpect is the same for expectations (the address and port
 	// rules are applied to their master and expected tuples first).
@@ -143,6 +142,7 @@ type Source struct {
 	liveExp *keyMap[liveInfo] // reported expectations
 	kbuf    []byte
 	hbuf    []byte
+	dec     flowDecoder   // connection events
 	later   []recheckItem // connections to read again, by due time
 
 	events, overruns, dumps, resyncs, puts, deletes, batches atomic.Uint64
@@ -306,6 +306,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	var done []evItem // the queue's last batch, handled
 	var y sched.Yielder
 	for {
 		var due <-chan time.Time
@@ -327,20 +328,26 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 			em.flush()
 		}
 		for {
-			items, qerr := q.take()
+			all, qerr := q.take(done)
+			done = all
 			// Everything before the last overrun is superseded by the dump
 			// that follows it: a dump reports every entry present and the
 			// end of every reported entry that is gone.
+			items := all
 			for i := len(items) - 1; i > 0; i-- {
 				if items[i].overrun {
+					for j := range items[:i] {
+						items[j].release()
+					}
 					items = items[i:]
 					break
 				}
 			}
-			for _, it := range items {
+			for k := range items {
 				if ctx.Err() != nil {
 					return nil
 				}
+				it := &items[k]
 				if it.overrun {
 					em.flush()
 					if err := s.resync(ctx, em, true); err != nil {
@@ -348,7 +355,10 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 					}
 					continue
 				}
+				em.hint = len(items) - k
 				s.handle(it.b, em)
+				em.hint = 0
+				it.release()
 				y.Pause()
 			}
 			em.flush()
@@ -365,6 +375,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 // readLoop moves events from the kernel to q as fast as it can, so the
 // socket buffer only has to absorb bursts shorter than a scheduling delay.
 func (s *Source) readLoop(q *evQueue) {
+	r := newEvReader()
 	var y sched.Yielder
 	for {
 		y.Pause()
@@ -374,12 +385,14 @@ func (s *Source) readLoop(q *evQueue) {
 		if stopping {
 			return
 		}
-		b, err := c.recv()
-		if err == nil {
-			if !q.push(bytes.Clone(b)) {
+		items, err := r.read(c)
+		if len(items) > 0 {
+			for range q.push(items) {
 				s.overruns.Add(1)
 				s.log.Warn("conntrack events pile up faster than they are handled: dropped, dumping the table again", "max_queue", s.opts.MaxQueue)
 			}
+		}
+		if err == nil {
 			continue
 		}
 		if errors.Is(err, unix.ENOBUFS) {
@@ -429,7 +442,14 @@ func (s *Source) handle(b []byte, em *emitter) {
 		}
 		s.events.Add(1)
 		destroy := uint8(m.typ) == msgDelete
-		ev, err := decodeEvent(m)
+		var ev conntrack.Event
+		var err error
+		if subsys == subsysCT {
+			// Into the same Flow every time: nothing keeps it.
+			ev.Flow, err = s.dec.decode(m)
+		} else {
+			ev, err = decodeEvent(m)
+		}
 		if err != nil {
 			s.decodeErrors.Add(1)
 			s.log.Debug("skip undecodable conntrack event", "err", err)
@@ -474,8 +494,10 @@ func (s *Source) flowEvent(destroy bool, f *conntrack.Flow, em *emitter) {
 	if !known {
 		s.nLive.Add(1)
 	}
-	s.live.set(s.kbuf, liveInfo{flags: liveFlags(f), hash: s.flowHash(f)})
-	em.putFlow(s.kbuf, f)
+	// One encoding serves the output and the hash.
+	h := em.stageFlow(s.kbuf, f)
+	s.live.set(s.kbuf, liveInfo{flags: liveFlags(f), hash: h})
+	em.commit(TableConntrack)
 }
 
 func (s *Source) expectEvent(destroy bool, e *conntrack.Expect, em *emitter) {
@@ -498,8 +520,9 @@ func (s *Source) expectEvent(destroy bool, e *conntrack.Expect, em *emitter) {
 		s.nLiveExp.Add(1)
 	}
 	s.recheckMaster(e)
-	s.liveExp.set(s.kbuf, liveInfo{hash: s.expectHash(e)})
-	em.putExpect(s.kbuf, e)
+	h := em.stageExpect(s.kbuf, e)
+	s.liveExp.set(s.kbuf, liveInfo{hash: h})
+	em.commit(TableExpect)
 }
 
 // recheckDelay is how long after an expectation appears its master is
@@ -535,16 +558,17 @@ func (s *Source) recheck(em *emitter) {
 		}
 		s.refetches.Add(1)
 		s.kbuf = appendKey(s.kbuf[:0], f.TupleOrig, f.Zone)
-		info := liveInfo{flags: liveFlags(f), hash: s.flowHash(f)}
+		info := liveInfo{flags: liveFlags(f), hash: em.stageFlow(s.kbuf, f)}
 		old, known := s.live.get(s.kbuf)
 		if known && old.hash == info.hash {
+			em.unstage()
 			continue
 		}
 		if !known {
 			s.nLive.Add(1)
 		}
 		s.live.set(s.kbuf, info)
-		em.putFlow(s.kbuf, f)
+		em.commit(TableConntrack)
 	}
 	s.later = append(s.later[:0], s.later[n:]...)
 }
@@ -726,10 +750,12 @@ func (s *Source) dumpAll(ctx context.Context, em *emitter, all bool) error {
 			return nil
 		}
 		s.kbuf = appendKey(s.kbuf[:0], f.TupleOrig, f.Zone)
-		info := liveInfo{flags: liveFlags(f), hash: s.flowHash(f)}
+		info := liveInfo{flags: liveFlags(f), hash: em.stageFlow(s.kbuf, f)}
 		live.set(s.kbuf, info)
 		if old, ok := s.live.get(s.kbuf); all || !ok || old.hash != info.hash {
-			em.putFlow(s.kbuf, f)
+			em.commit(TableConntrack)
+		} else {
+			em.unstage()
 		}
 		return nil
 	})
@@ -768,13 +794,15 @@ func (s *Source) dumpAll(ctx context.Context, em *emitter, all bool) error {
 				return nil
 			}
 			s.kbuf = appendKey(s.kbuf[:0], e.Tuple, e.Zone)
-			info := liveInfo{hash: s.expectHash(e)}
+			info := liveInfo{hash: em.stageExpect(s.kbuf, e)}
 			liveExp.set(s.kbuf, info)
 			if old, ok := s.liveExp.get(s.kbuf); all || !ok || old.hash != info.hash {
-				em.putExpect(s.kbuf, e)
+				em.commit(TableExpect)
 				if !ok {
 					s.recheckMaster(e)
 				}
+			} else {
+				em.unstage()
 			}
 			return nil
 		})
@@ -807,42 +835,63 @@ func decodeAs(m nlMsg, subsys uint16) (conntrack.Event, error) {
 // emitter gathers changes into batches for out. Every batch has its own
 // arena, so out may keep what it is given.
 type emitter struct {
-	src   *Source
-	out   func([]Change)
-	max   int
-	batch []Change
-	arena []byte
+	src    *Source
+	out    func([]Change)
+	max    int
+	batch  []Change
+	arena  []byte
+	sa, sb int // the staged entry: key at arena[sa:sb], value after
+	// hint, when set, is how many changes to expect before the next
+	// flush: Run knows how many events it holds, and a batch and arena
+	// sized for BatchSize changes, made for a few, cost more to allocate
+	// (and clear) than the changes themselves.
+	hint int
 }
 
 func (e *emitter) grow() {
 	if e.arena == nil {
-		e.arena = make([]byte, 0, e.max*48)
-		e.batch = make([]Change, 0, e.max)
+		n := e.max
+		if e.hint > 0 && e.hint < n {
+			n = e.hint
+		}
+		e.arena = make([]byte, 0, n*48)
+		e.batch = make([]Change, 0, n)
 	}
 }
 
-func (e *emitter) putFlow(key []byte, f *conntrack.Flow) {
+// stageFlow encodes key and f at the end of the arena and returns the
+// hash of the value without its timeout (what flowHash returns). commit
+// or unstage follows before anything else is added.
+func (e *emitter) stageFlow(key []byte, f *conntrack.Flow) uint32 {
 	e.grow()
-	a := len(e.arena)
+	e.sa = len(e.arena)
 	e.arena = append(e.arena, key...)
-	b := len(e.arena)
+	e.sb = len(e.arena)
 	e.arena = EncodeFlow(e.arena, *f)
-	c := len(e.arena)
-	e.batch = append(e.batch, Change{Kind: Put, Table: TableConntrack, Key: e.arena[a:b:b], Value: e.arena[b:c:c]})
+	return e.src.flowValueHash(e.arena[e.sb:], f)
+}
+
+// stageExpect is stageFlow for an expectation.
+func (e *emitter) stageExpect(key []byte, x *conntrack.Expect) uint32 {
+	e.grow()
+	e.sa = len(e.arena)
+	e.arena = append(e.arena, key...)
+	e.sb = len(e.arena)
+	e.arena = EncodeExpect(e.arena, *x)
+	return e.src.expectValueHash(e.arena[e.sb:], x)
+}
+
+// commit emits the staged entry as a Put in table.
+func (e *emitter) commit(table string) {
+	a, b, c := e.sa, e.sb, len(e.arena)
+	e.batch = append(e.batch, Change{Kind: Put, Table: table, Key: e.arena[a:b:b], Value: e.arena[b:c:c]})
 	e.src.puts.Add(1)
 	e.full()
 }
 
-func (e *emitter) putExpect(key []byte, x *conntrack.Expect) {
-	e.grow()
-	a := len(e.arena)
-	e.arena = append(e.arena, key...)
-	b := len(e.arena)
-	e.arena = EncodeExpect(e.arena, *x)
-	c := len(e.arena)
-	e.batch = append(e.batch, Change{Kind: Put, Table: TableExpect, Key: e.arena[a:b:b], Value: e.arena[b:c:c]})
-	e.src.puts.Add(1)
-	e.full()
+// unstage drops the staged entry.
+func (e *emitter) unstage() {
+	e.arena = e.arena[:e.sa]
 }
 
 func (e *emitter) del(table string, key []byte) {
@@ -881,9 +930,20 @@ type evQueue struct {
 	notify chan struct{}
 }
 
+// evItem is a datagram (a slice of a chunk, released once handled) or an
+// overrun marker.
 type evItem struct {
 	b       []byte
+	c       *chunk
 	overrun bool
+}
+
+// release gives the item's bytes back to their chunk.
+func (it *evItem) release() {
+	if it.c != nil {
+		it.c.release()
+		it.c = nil
+	}
 }
 
 func newEvQueue(max int) *evQueue {
@@ -897,23 +957,28 @@ func (q *evQueue) signal() {
 	}
 }
 
-// push queues a datagram; it reports false when the queue was full and
-// its content was replaced by an overrun marker.
-func (q *evQueue) push(b []byte) bool {
-	ok := true
+// push queues datagrams, in order; it returns how many times the queue
+// was full, each time its content replaced by an overrun marker.
+func (q *evQueue) push(items []evItem) (full int) {
 	q.mu.Lock()
-	if q.bytes+len(b) > q.max {
-		ok = false
-		// Run is too slow: drop what waits (the dump will cover it) and
-		// mark the loss at this point of the stream.
-		q.items = append(q.items[:0], evItem{overrun: true})
-		q.bytes = 0
+	for _, it := range items {
+		if q.bytes+len(it.b) > q.max {
+			full++
+			// Run is too slow: drop what waits (the dump will cover it) and
+			// mark the loss at this point of the stream.
+			for i := range q.items {
+				q.items[i].release()
+			}
+			clear(q.items)
+			q.items = append(q.items[:0], evItem{overrun: true})
+			q.bytes = 0
+		}
+		q.items = append(q.items, it)
+		q.bytes += len(it.b)
 	}
-	q.items = append(q.items, evItem{b: b})
-	q.bytes += len(b)
 	q.mu.Unlock()
 	q.signal()
-	return ok
+	return full
 }
 
 func (q *evQueue) pushOverrun() {
@@ -931,15 +996,20 @@ func (q *evQueue) fail(err error) {
 }
 
 // take returns everything queued, and the reader's error once the queue
-// is empty.
-func (q *evQueue) take() ([]evItem, error) {
+// is empty. done is what take returned last time, all of it handled: its
+// array is reused.
+func (q *evQueue) take(done []evItem) ([]evItem, error) {
+	clear(done)
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	items := q.items
-	q.items = nil
-	q.bytes = 0
-	if len(items) == 0 {
+	if len(q.items) == 0 {
+		if cap(q.items) == 0 {
+			q.items = done[:0]
+		}
 		return nil, q.err
 	}
-	return slices.Clip(items), nil
+	items := q.items
+	q.items = done[:0]
+	q.bytes = 0
+	return items, nil
 }
