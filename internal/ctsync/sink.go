@@ -184,6 +184,10 @@ type Sink struct {
 	meta   [2]*keyMap[entryMeta] // entries this sink wrote
 	stale  [2]*keyMap[entryMeta] // written before a Reset, not replicated since
 	failed [2]*keyMap[string]    // puts that failed, to retry
+	// orphans are related connections whose master was not in the
+	// kernel yet (a dump lists entries in hash order): retried when more
+	// connections arrive and at promotion, so they keep their relation.
+	orphans *keyMap[string]
 
 	nMeta  [2]atomic.Int64
 	nStale atomic.Int64
@@ -235,6 +239,7 @@ func OpenSink(nsh netns.NsHandle, logger *slog.Logger, opts SinkOptions) (*Sink,
 		k.stale[t] = newKeyMap[entryMeta](0)
 		k.failed[t] = newKeyMap[string](0)
 	}
+	k.orphans = newKeyMap[string](0)
 	k.work = make(chan func(), len(k.conns))
 	for range k.conns {
 		go func() {
@@ -529,6 +534,19 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 		})
 		k.meta[t] = newKeyMap[entryMeta](0)
 		k.failed[t] = newKeyMap[string](0)
+		if t == tCT {
+			k.orphans = newKeyMap[string](0)
+		}
+	}
+	if pending[tCT].len() > 0 && k.orphans.len() > 0 {
+		// New connections may include the orphans' masters.
+		k.orphans.each(func(key []byte, v string) bool {
+			if !pending[tCT].has(key) {
+				pending[tCT].set(key, pendOp{val: v})
+			}
+			return true
+		})
+		k.orphans = newKeyMap[string](0)
 	}
 	if pending[tCT].len() > 0 && k.failed[tExp].len() > 0 {
 		k.failed[tExp].each(func(key []byte, v string) bool {
@@ -576,6 +594,9 @@ func (k *Sink) mergeQueued(ops []*op) {
 		switch o.kind {
 		case opDel:
 			k.failed[t].del(key)
+			if t == tCT {
+				k.orphans.del(key)
+			}
 			if o.stage == stDone {
 				k.meta[t].del(key)
 				k.stale[t].del(key)
@@ -583,6 +604,13 @@ func (k *Sink) mergeQueued(ops []*op) {
 				k.stale[t].set(key, m) // swept at promotion
 			}
 		case opPut:
+			if o.stage == stOrphan {
+				k.orphans.set(key, o.val)
+				continue
+			}
+			if t == tCT {
+				k.orphans.del(key)
+			}
 			if o.stage != stDone {
 				k.failed[t].set(key, o.val)
 				continue
@@ -614,6 +642,12 @@ func (k *Sink) injectPromoteOps() (ops, refresh []*op) {
 			return true
 		})
 		if t == tCT {
+			// Last try with the master; unrelated if it is still missing.
+			k.orphans.each(func(key []byte, v string) bool {
+				ops = append(ops, &op{table: uint8(t), kind: opPut, key: string(key), val: v})
+				return true
+			})
+			k.orphans = newKeyMap[string](0)
 			k.meta[t].each(func(key []byte, m entryMeta) bool {
 				if m.timeout < standby {
 					refresh = append(refresh, &op{table: uint8(t), kind: opTimeout, key: string(key), repTimeout: m.timeout})
@@ -698,6 +732,7 @@ const (
 	stTimeout          // set the timeout
 	stDone
 	stFailed
+	stOrphan // standby: the master is not in the kernel yet (see Sink.orphans)
 )
 
 type outcome uint8
@@ -779,6 +814,7 @@ func (k *Sink) apply(ctx context.Context, ops []*op) error {
 	}
 	for _, o := range ops {
 		switch {
+		case o.stage == stOrphan:
 		case o.stage != stDone:
 			k.failedCount.Add(1)
 		case o.kind == opDel:
@@ -825,7 +861,7 @@ func (k *Sink) run(ctx context.Context, c *nlConn, ops []*op) {
 			var first uint32
 			for ; i < len(pend) && len(sent) < k.opts.BatchSize; i++ {
 				o := pend[i]
-				if o.stage == stDone || o.stage == stFailed {
+				if o.stage == stDone || o.stage == stFailed || o.stage == stOrphan {
 					continue
 				}
 				seq := c.nextSeq()
@@ -864,7 +900,7 @@ func (k *Sink) run(ctx context.Context, c *nlConn, ops []*op) {
 		}
 		next := pend[:0:0]
 		for _, o := range pend {
-			if o.stage != stDone && o.stage != stFailed {
+			if o.stage != stDone && o.stage != stFailed && o.stage != stOrphan {
 				next = append(next, o)
 			}
 		}
@@ -1017,8 +1053,10 @@ func (k *Sink) advance(o *op) {
 			o.stage = stUpdate
 		case e == unix.EEXIST && o.table == tExp:
 			o.stage = stRecreate
+		case e == unix.ENOENT && o.hasMaster && !o.noMaster && o.standby:
+			o.stage = stOrphan // its master comes later: retried then
 		case e == unix.ENOENT && o.hasMaster && !o.noMaster:
-			o.noMaster = true // master not replicated (yet): keep the connection unrelated
+			o.noMaster = true // master not replicated: keep the connection unrelated
 		case e == unix.EOPNOTSUPP && o.hasHelper && !o.noHelper:
 			o.noHelper = true // helper not available on this unit
 		case e == unix.ENOSPC && o.hasLab && !o.noLabels:

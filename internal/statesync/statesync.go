@@ -686,12 +686,18 @@ func (e *Engine) sinkStatus(st repl.SyncStatus) repl.SyncStatus {
 	if e.settleGen == 0 {
 		e.settleGen = max(queued, 1)
 	}
-	if written >= e.settleGen || queued == 0 {
+	if written >= e.settleGen || queued-written <= settleSlack {
 		e.settled = true
 		return st
 	}
 	return repl.SyncOutOfSync
 }
+
+// settleSlack is the kernel writer's backlog (changes) that does not hold
+// IN_SYNC back: about 10 ms of ctnetlink writes. Without it a unit that
+// starts beside its peer said OUT_OF_SYNC for the instant its (empty)
+// first copy took to reach the kernel, and lost the election for it.
+const settleSlack = 1024
 
 func (e *Engine) fillCounts(tables []repl.TableStats) {
 	e.status.Connections, e.status.Expects = 0, 0
