@@ -89,6 +89,11 @@ type StabilityReport struct {
 // RunStability builds a lab, saturates every CPU for the duration and counts
 // the state changes of tandem, then of keepalived; it removes the lab and
 // every process it started, also on error and when ctx is cancelled.
+// stabilitySettle is how long each pair must be steady before the load
+// starts: past its start-up (tandem's preemption delay, the first
+// snapshots), so that only the load is measured.
+const stabilitySettle = 5 * time.Second
+
 func RunStability(ctx context.Context, o StabilityOptions) (rep *StabilityReport, err error) {
 	if err := CheckName(o.Lab.Name); err != nil {
 		return nil, err
@@ -140,7 +145,7 @@ func RunStability(ctx context.Context, o StabilityOptions) (rep *StabilityReport
 	defer tr.stop()
 
 	tp := tandemPair{l}
-	if err := waitSteady(ctx, tp, tr, steadyTimeout, DefaultSettle); err != nil {
+	if err := waitSteady(ctx, tp, tr, steadyTimeout, stabilitySettle); err != nil {
 		return rep, err
 	}
 	fmt.Fprintf(o.Progress, "lab %s up (profile %s); tandem steady; %d CPU burners for %v\n", l.Name(), prof.Name, o.Burners, o.Duration)
@@ -160,7 +165,7 @@ func RunStability(ctx context.Context, o StabilityOptions) (rep *StabilityReport
 		return rep, err
 	}
 	rep.Keepalived = &StabilityResult{Implementation: "keepalived", Version: kp.version, Profile: prof.Name}
-	if err := waitSteady(ctx, kp, tr, steadyTimeout, DefaultSettle); err != nil {
+	if err := waitSteady(ctx, kp, tr, steadyTimeout, stabilitySettle); err != nil {
 		return rep, err
 	}
 	fmt.Fprintf(o.Progress, "keepalived steady; %d CPU burners for %v\n", o.Burners, o.Duration)

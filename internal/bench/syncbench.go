@@ -148,10 +148,17 @@ type SyncResult struct {
 	RSSKB [2]int64 `json:"standby_rss_kb"`
 	// CPUS is the CPU time (user + system) the ACTIVE's and the standby's
 	// processes used from the start of the burst until the standby settled.
-	CPUS    *[2]float64   `json:"daemon_cpu_s,omitempty"`
-	Process string        `json:"standby_process"`
+	CPUS    *[2]float64 `json:"daemon_cpu_s,omitempty"`
+	Process string      `json:"standby_process"`
+	// ResyncS is a full resync after the standby's daemon restarts;
+	// tandem: its kernel table stays (a daemon restart), conntrackd: its
+	// cache refilled (conntrackd -n), its kernel table untouched.
 	ResyncS *float64      `json:"resync_s"`
 	Resync  *ResyncDetail `json:"resync,omitempty"`
+	// ResyncFlushedS is the same with the standby's kernel table flushed
+	// first, as after a reboot: bound by the kernel's insertion rate.
+	ResyncFlushedS *float64      `json:"resync_flushed_s,omitempty"`
+	ResyncFlushed  *ResyncDetail `json:"resync_flushed,omitempty"`
 	// PromoteS is from the standby's decision to become ACTIVE until all
 	// its entries are in its kernel table with their final state.
 	PromoteS *float64       `json:"promote_s"`

@@ -98,8 +98,16 @@ func runTandemSync(ctx context.Context, l *lab.Lab, o SyncOptions, r *SyncResult
 	if err := waitTandemSynced(ctx, l, 30*time.Second, true); err != nil {
 		return fmt.Errorf("before the resync: %w", err)
 	}
-	if err := tandemResync(ctx, l, o, r, cnt, found); err != nil {
-		return fmt.Errorf("resync: %w", err)
+	// A daemon restart (the kernel's table stays), then a reboot-like
+	// restart (the table flushed too).
+	for _, flush := range []bool{false, true} {
+		if err := tandemResync(ctx, l, o, r, cnt, found, flush); err != nil {
+			return fmt.Errorf("resync: %w", err)
+		}
+		flaps.collect(ctx, l, units...)
+		if err := waitTandemSynced(ctx, l, 30*time.Second, true); err != nil {
+			return fmt.Errorf("after the resync: %w", err)
+		}
 	}
 	flaps.collect(ctx, l, units...)
 	if err := waitTandemSynced(ctx, l, 30*time.Second, true); err != nil {
@@ -147,31 +155,38 @@ func (f *flapLog) collect(ctx context.Context, l *lab.Lab, nodes ...string) {
 	}
 }
 
-// tandemResync: the standby's daemon is killed (SIGKILL), its kernel table
-// flushed, and the daemon started again; timed until the standby's kernel
-// holds again the had entries it held and it says IN_SYNC with the
-// ACTIVE's count.
-func tandemResync(ctx context.Context, l *lab.Lab, o SyncOptions, r *SyncResult, cnt *sysctlFile, had int) error {
+// tandemResync: the standby's daemon is killed (SIGKILL) and started
+// again — with its kernel table as it was (a daemon restart: upgrade,
+// crash), or flushed first (flush: as after a reboot); timed until the
+// standby's kernel holds the had entries it held and the standby says
+// IN_SYNC with the ACTIVE's count (which it says only once its kernel
+// holds what it received).
+func tandemResync(ctx context.Context, l *lab.Lab, o SyncOptions, r *SyncResult, cnt *sysctlFile, had int, flush bool) error {
 	n := o.Entries
 	if err := l.KillDaemon(lab.RoleFwB, syscall.SIGKILL); err != nil {
 		return err
 	}
-	if _, err := l.Exec(ctx, lab.RoleFwB, "conntrack", "-F"); err != nil {
-		return fmt.Errorf("flush fw-b's table: %w", err)
+	base := 0
+	if flush {
+		if _, err := l.Exec(ctx, lab.RoleFwB, "conntrack", "-F"); err != nil {
+			return fmt.Errorf("flush fw-b's table: %w", err)
+		}
+		// The flush returns before every entry is freed; the HA traffic
+		// arriving meanwhile makes a few new ones.
+		if _, _, _, err := waitCount(ctx, time.Now(), 10*time.Millisecond, 30*time.Second, -1024, func() (int, error) {
+			v, err := cnt.read()
+			return -v, err
+		}); err != nil {
+			return err
+		}
+		var err error
+		if base, err = cnt.read(); err != nil {
+			return err
+		}
+		fmt.Fprintf(o.Progress, "tandem: fw-b daemon killed, its table flushed (%d entries left); starting it again\n", base)
+	} else {
+		fmt.Fprintf(o.Progress, "tandem: fw-b daemon killed, its kernel table kept; starting it again\n")
 	}
-	// The flush returns before every entry is freed; the HA traffic
-	// arriving meanwhile makes a few new ones.
-	if _, _, _, err := waitCount(ctx, time.Now(), 10*time.Millisecond, 30*time.Second, -1024, func() (int, error) {
-		v, err := cnt.read()
-		return -v, err
-	}); err != nil {
-		return err
-	}
-	base, err := cnt.read()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(o.Progress, "tandem: fw-b daemon killed, its table flushed (%d entries left); starting it again\n", base)
 	t0 := time.Now()
 	if err := l.StartDaemon(lab.RoleFwB); err != nil {
 		return err
@@ -179,8 +194,13 @@ func tandemResync(ctx context.Context, l *lab.Lab, o SyncOptions, r *SyncResult,
 	if err := pinTandem(l, o, lab.RoleFwB); err != nil {
 		return err
 	}
-	d := &ResyncDetail{How: "SIGKILL fw-b's daemon, flush fw-b's kernel table (conntrack -F), start the daemon; timed from the start until fw-b's kernel holds every entry again and its status says IN_SYNC with the ACTIVE's count"}
-	r.Resync = d
+	d := &ResyncDetail{How: "SIGKILL fw-b's daemon, start it again (its kernel table stays, as on a daemon restart); timed from the start until fw-b's kernel holds every entry and its status says IN_SYNC with the ACTIVE's count"}
+	if flush {
+		d.How = "SIGKILL fw-b's daemon, flush fw-b's kernel table (conntrack -F, as after a reboot), start the daemon; timed from the start until fw-b's kernel holds every entry again and its status says IN_SYNC with the ACTIVE's count"
+		r.ResyncFlushed = d
+	} else {
+		r.Resync = d
+	}
 	var inSync, all time.Duration = -1, -1
 	stall, lastAsk := time.Now(), time.Time{}
 	last := 0
@@ -221,17 +241,20 @@ func tandemResync(ctx context.Context, l *lab.Lab, o SyncOptions, r *SyncResult,
 	if inSync >= 0 {
 		d.InSyncS = ptr(secs(inSync))
 	}
-	if all >= 0 && inSync >= 0 && found >= had {
+	switch {
+	case all < 0 || inSync < 0 || found < had:
+		r.Errors = append(r.Errors, fmt.Sprintf("resync (table flushed: %v): fw-b holds %d of the %d entries it held", flush, found, had))
+	case flush:
+		r.ResyncFlushedS = ptr(secs(max(all, inSync)))
+	default:
 		r.ResyncS = ptr(secs(max(all, inSync)))
-	} else {
-		r.Errors = append(r.Errors, fmt.Sprintf("resync: fw-b holds %d of the %d entries it held", found, had))
 	}
 	if pid := daemonPID(l, lab.RoleFwB); pid > 0 {
 		if rss, err := vmRSS(pid); err == nil {
 			d.StandbyBytes = ptr(round2(float64(rss) * 1024 / float64(n)))
 		}
 	}
-	fmt.Fprintf(o.Progress, "tandem: resync: %d of %d on fw-b after %s, IN_SYNC after %s\n", found, had, fmtSecs(d.EntriesS), fmtSecs(d.InSyncS))
+	fmt.Fprintf(o.Progress, "tandem: resync (table flushed: %v): %d of %d on fw-b after %s, IN_SYNC after %s\n", flush, found, had, fmtSecs(d.EntriesS), fmtSecs(d.InSyncS))
 	return nil
 }
 

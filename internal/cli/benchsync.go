@@ -201,7 +201,8 @@ func printSync(w io.Writer, jsonOut bool, rep *bench.SyncReport) error {
 		}, "")
 	}
 	row("standby bytes/entry", func(r *bench.SyncResult) string { return syncCell(r.BytesPerEntry, "B") }, fmt.Sprintf("< %.0f B", t.BytesPerEntry))
-	row("full resync", func(r *bench.SyncResult) string { return syncCell(r.ResyncS, "s") }, fmt.Sprintf("< %g s", t.ResyncS))
+	row("full resync (standby daemon restart)", func(r *bench.SyncResult) string { return syncCell(r.ResyncS, "s") }, fmt.Sprintf("< %g s", t.ResyncS))
+	row("full resync, standby's table flushed (reboot)", func(r *bench.SyncResult) string { return syncCell(r.ResyncFlushedS, "s") }, "")
 	row("promotion", func(r *bench.SyncResult) string { return syncCell(r.PromoteS, "s") }, fmt.Sprintf("< %g s", t.PromoteS))
 	row("false failovers (HA transitions nobody asked for)", func(r *bench.SyncResult) string { return fmt.Sprint(len(r.Transitions)) }, "0")
 	if err := tw.Flush(); err != nil {
@@ -218,7 +219,10 @@ func printSync(w io.Writer, jsonOut bool, rep *bench.SyncReport) error {
 		if r.LagByCount != nil {
 			fmt.Fprintf(w, "  lag by count: p50 %s p99 %s ms\n", fmtMs(r.LagByCount.P50), fmtMs(r.LagByCount.P99))
 		}
-		if d := r.Resync; d != nil {
+		for _, d := range []*bench.ResyncDetail{r.Resync, r.ResyncFlushed} {
+			if d == nil {
+				continue
+			}
 			fmt.Fprintf(w, "  resync: %s; all entries after %s", d.How, syncCell(d.EntriesS, "s"))
 			if d.InSyncS != nil {
 				fmt.Fprintf(w, ", IN_SYNC after %s", syncCell(d.InSyncS, "s"))

@@ -220,10 +220,14 @@ func decodeKey(b []byte) (conntrack.Tuple, uint16, error) {
 // extended slice. It keeps everything the other unit needs to recreate the
 // connection: both tuples (so SNAT and DNAT mappings are preserved),
 // status (masked with StatusSyncMask), timeout, mark, zone and tuple
-// zones, TCP/SCTP/DCCP protocol state (TCP: state, window scales and the
-// flag bytes; the flag masks, always zero in the kernel's reports, are not
-// kept), helper name and data, labels, master tuple, sequence adjustments
-// and SYN proxy data. It drops what only describes this kernel's copy: ID,
+// zones, TCP/SCTP/DCCP protocol state, helper name and data, labels,
+// master tuple, sequence adjustments and SYN proxy data. Of TCP's flags it
+// keeps those another kernel accepts (window scale, SACK permitted, close
+// init, be liberal, simultaneous open): the others (data unacked, max ack
+// set, challenge ack) describe window tracking in progress on this kernel,
+// and the flag masks are always zero in the kernel's reports. A value
+// thus does not change with them, and a standby's kernel holds exactly
+// it (see adopt.go). It drops what only describes this kernel's copy: ID,
 // use count, counters, timestamps, security context, labels mask.
 //
 // Addresses of an entry are all written as 4 bytes or all as 16; a flow
@@ -343,7 +347,7 @@ func EncodeFlow(dst []byte, f conntrack.Flow) []byte {
 	case p&pTCP != 0:
 		t := f.ProtoInfo.TCP
 		dst = append(dst, t.State, t.OriginalWindowScale, t.ReplyWindowScale,
-			byte(t.OriginalFlags>>8), byte(t.ReplyFlags>>8))
+			byte(t.OriginalFlags>>8)&tcpFlagsInjectable, byte(t.ReplyFlags>>8)&tcpFlagsInjectable)
 	case p&pSCTP != 0:
 		s := f.ProtoInfo.SCTP
 		dst = append(dst, s.State)
@@ -468,8 +472,8 @@ func DecodeFlow(b []byte) (conntrack.Flow, error) {
 	switch {
 	case p&pTCP != 0:
 		t := &conntrack.ProtoInfoTCP{State: r.u8(), OriginalWindowScale: r.u8(), ReplyWindowScale: r.u8()}
-		t.OriginalFlags = uint16(r.u8()) << 8
-		t.ReplyFlags = uint16(r.u8()) << 8
+		t.OriginalFlags = uint16(r.u8()&tcpFlagsInjectable) << 8
+		t.ReplyFlags = uint16(r.u8()&tcpFlagsInjectable) << 8
 		f.ProtoInfo.TCP = t
 	case p&pSCTP != 0:
 		f.ProtoInfo.SCTP = &conntrack.ProtoInfoSCTP{State: r.u8(), VTagOriginal: r.u32(), VTagReply: r.u32()}

@@ -121,8 +121,8 @@ func normalize(f conntrack.Flow) conntrack.Flow {
 	}
 	if t := f.ProtoInfo.TCP; t != nil {
 		c := *t
-		c.OriginalFlags &= 0xff00
-		c.ReplyFlags &= 0xff00
+		c.OriginalFlags &= tcpFlagsInjectable << 8
+		c.ReplyFlags &= tcpFlagsInjectable << 8
 		f.ProtoInfo.TCP = &c
 	}
 	fix := func(s *conntrack.SequenceAdjust, reply bool) {

@@ -123,6 +123,11 @@ type SinkStats struct {
 	Refreshed      uint64
 	Failed         uint64
 	Ignored        uint64 // changes of an unknown table
+	// Adopted counts kernel entries found by the dump that reconciles a
+	// full copy (see adopt.go); Unchanged the puts not written because
+	// the kernel already held the value.
+	Adopted   uint64
+	Unchanged uint64
 }
 
 const (
@@ -151,6 +156,7 @@ type pendOp struct {
 type entryMeta struct {
 	timeout uint32
 	fp      uint32
+	vh      uint32 // valueHash of what the kernel holds (0: unknown)
 }
 
 // Sink writes replicated entries into a standby unit's kernel tables. Its
@@ -194,6 +200,7 @@ type Sink struct {
 
 	puts, deletes, resets, ignored                               atomic.Uint64
 	created, updated, recreated, deleted, refreshed, failedCount atomic.Uint64
+	adopted, unchanged                                           atomic.Uint64
 	failLog                                                      atomic.Int64
 }
 
@@ -365,6 +372,7 @@ func (k *Sink) Stats() SinkStats {
 	st.Puts, st.Deletes, st.Resets, st.Ignored = k.puts.Load(), k.deletes.Load(), k.resets.Load(), k.ignored.Load()
 	st.Created, st.Updated, st.Recreated = k.created.Load(), k.updated.Load(), k.recreated.Load()
 	st.Deleted, st.Refreshed, st.Failed = k.deleted.Load(), k.refreshed.Load(), k.failedCount.Load()
+	st.Adopted, st.Unchanged = k.adopted.Load(), k.unchanged.Load()
 	return st
 }
 
@@ -528,10 +536,23 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 		if !reset[t] {
 			continue
 		}
-		k.meta[t].each(func(key []byte, m entryMeta) bool {
-			k.stale[t].set(key, m)
-			return true
-		})
+		adopted := false
+		if t == tCT && standby && k.opts.Mode == Inject {
+			// The kernel is the truth about what need not be written
+			// again (adopt.go).
+			stale, err := k.adoptKernel()
+			if err == nil {
+				k.stale[t], adopted = stale, true
+			} else {
+				k.log.Warn("full copy: the kernel's table could not be read; every entry is written again", "err", err)
+			}
+		}
+		if !adopted {
+			k.meta[t].each(func(key []byte, m entryMeta) bool {
+				k.stale[t].set(key, m)
+				return true
+			})
+		}
 		k.meta[t] = newKeyMap[entryMeta](0)
 		k.failed[t] = newKeyMap[string](0)
 		if t == tCT {
@@ -566,10 +587,20 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 			if p.del {
 				o.kind = opDel
 			}
-			if m, ok := k.meta[t].get(key); ok {
+			m, ok := k.meta[t].get(key)
+			if !ok {
+				m, ok = k.stale[t].get(key)
+			}
+			if ok {
 				o.existing, o.prevFP = true, m.fp
-			} else if m, ok := k.stale[t].get(key); ok {
-				o.existing, o.prevFP = true, m.fp
+			}
+			if t == tCT && !p.del {
+				o.vh = valueHash(bytesOf(o.val))
+				if ok && standby && o.vh != 0 && m.vh == o.vh {
+					// The kernel holds this value already.
+					o.stage, o.outcome, o.fp = stDone, outUnchanged, m.fp
+					o.repTimeout = flowTimeout(bytesOf(o.val))
+				}
 			}
 			ops = append(ops, o)
 			return true
@@ -617,7 +648,7 @@ func (k *Sink) mergeQueued(ops []*op) {
 			}
 			k.failed[t].del(key)
 			k.stale[t].del(key)
-			k.meta[t].set(key, entryMeta{timeout: o.repTimeout, fp: o.fp})
+			k.meta[t].set(key, entryMeta{timeout: o.repTimeout, fp: o.fp, vh: o.vh})
 		}
 	}
 	k.countMeta()
@@ -705,7 +736,7 @@ func (k *Sink) mergePromote(ops []*op, st *PromoteStats) {
 		}
 		if o.kind == opPut && o.key != "" {
 			k.failed[t].del(bytesOf(o.key))
-			k.meta[t].set(bytesOf(o.key), entryMeta{timeout: o.repTimeout, fp: o.fp})
+			k.meta[t].set(bytesOf(o.key), entryMeta{timeout: o.repTimeout, fp: o.fp, vh: o.vh})
 		}
 	}
 	k.countMeta()
@@ -741,6 +772,7 @@ const (
 	outNone outcome = iota
 	outCreated
 	outUpdated
+	outUnchanged // not written: the kernel held the value (adopt.go)
 )
 
 // errUnknown marks a request whose answer was lost.
@@ -754,6 +786,7 @@ type op struct {
 	key      string // empty for held entries (the value has it)
 	val      string
 	prevFP   uint32
+	vh       uint32 // valueHash(val) of a connection put
 
 	stage                        opStage
 	recreated                    bool
@@ -821,6 +854,8 @@ func (k *Sink) apply(ctx context.Context, ops []*op) error {
 			k.deleted.Add(1)
 		case o.kind == opTimeout:
 			k.refreshed.Add(1)
+		case o.outcome == outUnchanged:
+			k.unchanged.Add(1)
 		case o.outcome == outCreated && o.recreated:
 			k.recreated.Add(1)
 		case o.outcome == outCreated:

@@ -1,0 +1,155 @@
+package ctsync
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/ti-mo/conntrack"
+
+	"github.com/tandem-ha/tandem/internal/sched"
+)
+
+// Adoption: a full copy (after a Reset) is reconciled with what the
+// standby's kernel already holds, instead of being written again.
+//
+// The kernel's table outlives the daemon: after a standby's daemon
+// restarts (upgrade, crash, SIGKILL) its kernel still holds every entry the
+// previous daemon injected, and the ACTIVE sends the whole table again.
+// Writing a million entries back costs 12 s (ctnetlink creates are
+// serialised under one mutex, ~80k/s), all of it time in which the standby
+// reports OUT_OF_SYNC. So at a Reset of the conntrack table the writer
+// dumps the kernel's table once and records every entry as stale, with a
+// hash of its value as the kernel holds it (the timeout left out); a Put
+// of the copy whose value hashes the same is then only recorded, not
+// written. Entries the copy does not bring again stay stale, and are
+// deleted at promotion, as entries written before a Reset always were:
+// the ACTIVE no longer has them.
+//
+// The standby's own connections (sync channel, management sessions) are
+// never adopted, so never deleted: an entry with one of the unit's own
+// addresses in either tuple is left alone.
+
+// adoptFilter tells the unit's own entries apart.
+type adoptFilter struct {
+	local map[netip.Addr]bool
+}
+
+func (a *adoptFilter) own(f *conntrack.Flow) bool {
+	for _, ad := range [...]netip.Addr{f.TupleOrig.IP.SourceAddress, f.TupleOrig.IP.DestinationAddress,
+		f.TupleReply.IP.SourceAddress, f.TupleReply.IP.DestinationAddress} {
+		if a.local[ad.Unmap()] {
+			return true
+		}
+	}
+	return false
+}
+
+// localAddrs lists the addresses configured on the namespace's interfaces
+// (loopback included).
+func (k *Sink) localAddrs() (map[netip.Addr]bool, error) {
+	out := map[netip.Addr]bool{}
+	err := inNS(k.nsh, func() error {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				out[p.Addr().Unmap()] = true
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// kernelValueHash is the hash a replicated value of f gets (valueHash),
+// for f as this standby's kernel reports it: timeout left out, and the
+// liberal TCP flags the injector adds taken off again.
+func (k *Sink) kernelValueHash(buf []byte, f *conntrack.Flow) ([]byte, uint32) {
+	f.Timeout = 0
+	if t := f.ProtoInfo.TCP; t != nil && !k.opts.TCPWindowTracking {
+		t.OriginalFlags &^= tcpFlagBeLiberal << 8
+		t.ReplyFlags &^= tcpFlagBeLiberal << 8
+	}
+	buf = EncodeFlow(buf[:0], *f)
+	return buf, fnv32Add(fnvOffset32, buf)
+}
+
+// valueHash is fnv32 of a replicated value without its timeout (0 for a
+// value that is not a flow EncodeFlow wrote: never equal to a kernel
+// entry's, so always written).
+func valueHash(v []byte) uint32 {
+	i, j, ok := flowTimeoutSpan(v)
+	if !ok {
+		return 0
+	}
+	return hashSkipping(v, i, j)
+}
+
+// adoptKernel dumps the kernel's conntrack table into a fresh stale map:
+// every entry that is not the unit's own, with its value hash. It runs on
+// the writer goroutine, before the changes that follow the Reset.
+func (k *Sink) adoptKernel() (*keyMap[entryMeta], error) {
+	start := time.Now()
+	local, err := k.localAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("list the unit's addresses: %w", err)
+	}
+	filter := adoptFilter{local: local}
+	stale := newKeyMap[entryMeta](k.meta[tCT].len() + k.stale[tCT].len())
+	c := k.conns[0]
+	var m msgBuf
+	seq := c.nextSeq()
+	appendDump(&m, seq, subsysCT)
+	var key, val []byte
+	var y sched.Yielder
+	own := 0
+	err = c.dump(m.b, seq, func(msg nlMsg) error {
+		y.Pause()
+		ev, err := decodeAs(msg, subsysCT)
+		if err != nil || ev.Flow == nil {
+			return nil
+		}
+		f := ev.Flow
+		if filter.own(f) {
+			own++
+			return nil
+		}
+		key = appendKey(key[:0], f.TupleOrig, f.Zone)
+		var vh uint32
+		fp := fingerprint(f)
+		val, vh = k.kernelValueHash(val, f)
+		stale.set(key, entryMeta{fp: fp, vh: vh})
+		return nil
+	})
+	if err != nil {
+		// A dump cut short leaves the socket mid-dump: a fresh one
+		// starts clean for the writes that follow.
+		if nc, derr := dialNetfilter(k.nsh, 8<<20); derr == nil {
+			_ = c.Close()
+			k.conns[0] = nc
+		}
+		return nil, err
+	}
+	k.adopted.Add(uint64(stale.len()))
+	k.log.Info("full copy: reconciling with the kernel's table", "entries", stale.len(), "own", own, "took", time.Since(start))
+	return stale, nil
+}
+
+// flowTimeout reads the timeout of a value EncodeFlow wrote (0 if it
+// cannot).
+func flowTimeout(v []byte) uint32 {
+	i, _, ok := flowTimeoutSpan(v)
+	if !ok {
+		return 0
+	}
+	t, n := binary.Uvarint(v[i:])
+	if n <= 0 {
+		return 0
+	}
+	return uint32(t)
+}

@@ -1,0 +1,143 @@
+package ctsync
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/ti-mo/conntrack"
+)
+
+// TestSinkAdoptsAfterRestart: a standby's daemon restarts with its kernel
+// table intact. The full copy that follows is reconciled with the kernel:
+// entries the kernel holds as replicated are not written again, a changed
+// one is, one the ACTIVE no longer has goes at promotion, and the unit's
+// own connection is never touched. The negative control is the first
+// life: there every entry is written.
+func TestSinkAdoptsAfterRestart(t *testing.T) {
+	b := newNS(t, "adopt")
+	for _, args := range [][]string{{"ip", "link", "set", "lo", "up"}, {"ip", "addr", "add", "10.250.0.1/32", "dev", "lo"}} {
+		if _, err := b.Exec(args[0], args[1:]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cb := ctConn(t, b.NsHandle)
+	fl := sampleFlows()
+	replicated := append(genFlows(400, 0), fl["tcp4-snat"], fl["tcp4-dnat-snat-mark"], fl["udp6-zone"], fl["icmp4-snat"], fl["sctp"], fl["gre"])
+	put := func(k *Sink, flows []conntrack.Flow) {
+		for _, f := range flows {
+			k.Put(TableConntrack, Key(f), EncodeFlow(nil, f))
+		}
+	}
+	open := func() *Sink {
+		k, err := OpenSink(b.NsHandle, testLogger(t), SinkOptions{Mode: Inject})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+
+	// First life: the full copy is written.
+	first := open()
+	first.Reset(TableConntrack)
+	put(first, replicated)
+	if err := first.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if s := first.Stats(); s.Created != uint64(len(replicated)) || s.Unchanged != 0 || s.Failed != 0 {
+		t.Fatalf("first life: %+v, want %d created", s, len(replicated))
+	}
+	first.Close()
+
+	// Meanwhile: the unit's own connection, and one more injected entry
+	// that the ACTIVE will not send again (ended while the daemon was down).
+	own := conntrack.NewFlow(6, conntrack.StatusSeenReply|conntrack.StatusAssured, netip.MustParseAddr("10.250.0.1"),
+		netip.MustParseAddr("10.250.0.2"), 7481, 40000, 600, 0)
+	own.ProtoInfo = tcpInfo(3, 7, 0x03, 0x03)
+	gone := genFlows(1, 9000)
+	createFlows(t, cb, append(gone, own))
+
+	// Second life: the same copy, one entry changed.
+	second := open()
+	defer second.Close()
+	second.Reset(TableConntrack)
+	changed := replicated[7]
+	changed.Mark = 0x42
+	again := append([]conntrack.Flow{}, replicated...)
+	again[7] = changed
+	put(second, again)
+	if err := second.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s := second.Stats()
+	t.Logf("second life: %+v", s)
+	if s.Adopted != uint64(len(replicated)+1) {
+		t.Errorf("adopted %d kernel entries, want %d (the replicated ones and the ended one, not the unit's own)", s.Adopted, len(replicated)+1)
+	}
+	if s.Unchanged != uint64(len(replicated)-1) || s.Created+s.Updated+s.Recreated != 1 || s.Failed != 0 {
+		t.Errorf("second life wrote %d/%d/%d (created/updated/recreated), left %d unchanged; want 1 written, %d unchanged",
+			s.Created, s.Updated, s.Recreated, s.Unchanged, len(replicated)-1)
+	}
+	if got := dumpFlows(t, cb)[string(Key(changed))]; got.Mark != 0x42 {
+		t.Errorf("the changed entry has mark %#x in the kernel, want 0x42", got.Mark)
+	}
+
+	ps, err := second.Promote(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Deleted != 1 {
+		t.Errorf("promotion deleted %d entries, want 1 (the ended one)", ps.Deleted)
+	}
+	if err := second.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	want := keyed(again)
+	want[string(Key(own))] = own
+	if d := diffTables(want, dumpFlows(t, cb)); d != "" {
+		t.Fatalf("table after promotion (-want +got):\n%s", d)
+	}
+	// Adopted entries get their replicated timeouts at promotion too.
+	for k, f := range dumpFlows(t, cb) {
+		if k != string(Key(own)) && f.Timeout > max(want[k].Timeout, 30)+60 {
+			t.Errorf("entry %v kept the standby timeout (%d s) after promotion", f.TupleOrig, f.Timeout)
+			break
+		}
+	}
+}
+
+// BenchmarkSinkAdopt: the dump that reconciles a full copy, on a table of
+// 200,000 connections; "raw" only reads the kernel's dump (its own cost).
+//
+//	go test ./internal/ctsync -run '^$' -bench SinkAdopt -benchtime 3x
+func BenchmarkSinkAdopt(b *testing.B) {
+	ns := newNS(b, "badopt")
+	createFlows(b, ctConn(b, ns.NsHandle), genFlows(200000, 0))
+	k, err := OpenSink(ns.NsHandle, testLogger(b), SinkOptions{Mode: Inject})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer k.Close()
+	b.Run("raw", func(b *testing.B) {
+		for range b.N {
+			var m msgBuf
+			c := k.conns[0]
+			seq := c.nextSeq()
+			appendDump(&m, seq, subsysCT)
+			n := 0
+			if err := c.dump(m.b, seq, func(nlMsg) error { n++; return nil }); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n*b.N), "ns/entry")
+		}
+	})
+	b.Run("adopt", func(b *testing.B) {
+		for range b.N {
+			st, err := k.adoptKernel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(st.len()*b.N), "ns/entry")
+		}
+	})
+}
