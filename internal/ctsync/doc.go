@@ -66,6 +66,13 @@
 // injected entries their replicated timeouts. Hold mode keeps the entries
 // in memory and writes them all at promotion.
 //
+// A full copy (Reset, then every entry again: a standby's daemon started
+// while its kernel kept the table, a gap in the stream) is reconciled with
+// the kernel in Inject mode (adopt.go): one dump, then only the entries
+// whose value differs are written; entries the copy does not bring back
+// are deleted at promotion. Entries with one of the unit's own addresses
+// are never adopted, so never deleted.
+//
 // # What the kernel does (Linux 6.18), and the choices made here
 //
 // NAT: ctnetlink does not derive NAT from a reply tuple handed to it: the
