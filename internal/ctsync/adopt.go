@@ -108,7 +108,7 @@ func (k *Sink) adoptKernel() (*keyMap[entryMeta], error) {
 	var key, val []byte
 	var y sched.Yielder
 	own := 0
-	err = c.dump(m.b, seq, func(msg nlMsg) error {
+	err = c.dumpPipelined(m.b, seq, func(msg nlMsg) error {
 		y.Pause()
 		ev, err := decodeAs(msg, subsysCT)
 		if err != nil || ev.Flow == nil {

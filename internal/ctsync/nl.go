@@ -191,14 +191,17 @@ func (c *nlConn) send(b []byte) error {
 
 // recv reads one datagram. The returned slice is valid until the next
 // recv. An overrun of the receive buffer is returned as unix.ENOBUFS.
-func (c *nlConn) recv() ([]byte, error) {
+func (c *nlConn) recv() ([]byte, error) { return c.recvInto(c.buf) }
+
+// recvInto reads one datagram into buf.
+func (c *nlConn) recvInto(buf []byte) ([]byte, error) {
 	var (
 		n     int
 		flags int
 		rerr  error
 	)
 	err := c.rc.Read(func(fd uintptr) bool {
-		n, _, flags, _, rerr = unix.Recvmsg(int(fd), c.buf, nil, 0)
+		n, _, flags, _, rerr = unix.Recvmsg(int(fd), buf, nil, 0)
 		return rerr != unix.EAGAIN
 	})
 	if err != nil {
@@ -210,7 +213,7 @@ func (c *nlConn) recv() ([]byte, error) {
 	if flags&unix.MSG_TRUNC != 0 {
 		return nil, errors.New("netlink message truncated")
 	}
-	return c.buf[:n], nil
+	return buf[:n], nil
 }
 
 func (c *nlConn) setReadDeadline(t time.Time) { _ = c.f.SetReadDeadline(t) }
@@ -271,39 +274,103 @@ func (c *nlConn) dump(req []byte, seq uint32, fn func(m nlMsg) error) error {
 		if err != nil {
 			return fmt.Errorf("receive dump: %w", err)
 		}
-		done := false
-		var derr error
-		err = eachMsg(b, func(m nlMsg) error {
-			if m.seq != seq || done {
-				return nil // a late answer to an earlier request
-			}
-			switch m.typ {
-			case nlmDone:
-				done = true
-				if e := m.errno(); e != 0 {
-					derr = e
-				}
-				return nil
-			case nlmError:
-				done = true
-				if e := m.errno(); e != 0 {
-					derr = e
-				}
-				return nil
-			case nlmOverrun:
-				done = true
-				derr = unix.ENOBUFS
-				return nil
-			}
-			return fn(m)
-		})
-		if err != nil {
+		if done, err := dumpDatagram(b, seq, fn); done || err != nil {
 			return err
 		}
-		if done {
-			return derr
-		}
 	}
+}
+
+// dumpPipelined is dump with the kernel's work and fn's on two threads: a
+// reader goroutine receives datagrams while fn handles the previous ones.
+// The kernel fills a dump in the recvmsg call, so a plain dump does the
+// two in turn. On an error the socket may be left mid-dump, with the
+// reader still on it: the caller must close it.
+func (c *nlConn) dumpPipelined(req []byte, seq uint32, fn func(m nlMsg) error) error {
+	if err := c.send(req); err != nil {
+		return fmt.Errorf("send dump request: %w", err)
+	}
+	type datagram struct {
+		b   []byte
+		err error
+	}
+	const depth = 8
+	full := make(chan datagram, depth)
+	free := make(chan []byte, depth+1)
+	for range depth + 1 {
+		free <- make([]byte, len(c.buf))
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			b, err := c.recvInto(buf)
+			select {
+			case full <- datagram{b, err}:
+			case <-stop:
+				return
+			}
+			if err != nil || dumpEnds(b, seq) {
+				return
+			}
+		}
+	}()
+	for d := range full {
+		if d.err != nil {
+			return fmt.Errorf("receive dump: %w", d.err)
+		}
+		done, err := dumpDatagram(d.b, seq, fn)
+		if done || err != nil {
+			return err
+		}
+		free <- d.b[:cap(d.b)]
+	}
+	return nil
+}
+
+// dumpDatagram hands the answers to seq in datagram b to fn; done reports
+// the end of the dump (err: the kernel's error, if any).
+func dumpDatagram(b []byte, seq uint32, fn func(m nlMsg) error) (done bool, err error) {
+	var derr error
+	err = eachMsg(b, func(m nlMsg) error {
+		if m.seq != seq || done {
+			return nil // a late answer to an earlier request
+		}
+		switch m.typ {
+		case nlmDone, nlmError:
+			done = true
+			if e := m.errno(); e != 0 {
+				derr = e
+			}
+			return nil
+		case nlmOverrun:
+			done = true
+			derr = unix.ENOBUFS
+			return nil
+		}
+		return fn(m)
+	})
+	if err != nil {
+		return true, err
+	}
+	return done, derr
+}
+
+// dumpEnds reports whether datagram b ends the dump seq.
+func dumpEnds(b []byte, seq uint32) bool {
+	end := false
+	_ = eachMsg(b, func(m nlMsg) error {
+		if m.seq == seq && (m.typ == nlmDone || m.typ == nlmError || m.typ == nlmOverrun) {
+			end = true
+		}
+		return nil
+	})
+	return end
 }
 
 // request sends one request with NLM_F_ACK and returns the data messages

@@ -579,33 +579,44 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 		k.failed[tExp] = newKeyMap[string](0)
 	}
 	ops := make([]*op, 0, pending[tCT].len()+pending[tExp].len())
-	slab := make([]op, cap(ops))
+	var slab []op // in chunks: most puts of a reconciled copy need none
+	unchanged := 0
 	for t := range 2 {
 		pending[t].each(func(key []byte, p pendOp) bool {
-			o := &slab[len(ops)]
-			o.table, o.key, o.val, o.standby = uint8(t), string(key), p.val, standby
-			if p.del {
-				o.kind = opDel
-			}
 			m, ok := k.meta[t].get(key)
 			if !ok {
 				m, ok = k.stale[t].get(key)
 			}
+			var vh uint32
+			if t == tCT && !p.del {
+				vh = valueHash(bytesOf(p.val))
+				if ok && standby && vh != 0 && m.vh == vh {
+					// The kernel holds this value already: record it.
+					k.stale[t].del(key)
+					k.failed[t].del(key)
+					k.orphans.del(key)
+					k.meta[t].set(key, entryMeta{timeout: flowTimeout(bytesOf(p.val)), fp: m.fp, vh: vh})
+					unchanged++
+					return true
+				}
+			}
+			if len(slab) == cap(slab) {
+				slab = make([]op, 0, min(4096, cap(ops)-len(ops)))
+			}
+			slab = slab[:len(slab)+1]
+			o := &slab[len(slab)-1]
+			o.table, o.key, o.val, o.standby, o.vh = uint8(t), string(key), p.val, standby, vh
+			if p.del {
+				o.kind = opDel
+			}
 			if ok {
 				o.existing, o.prevFP = true, m.fp
-			}
-			if t == tCT && !p.del {
-				o.vh = valueHash(bytesOf(o.val))
-				if ok && standby && o.vh != 0 && m.vh == o.vh {
-					// The kernel holds this value already.
-					o.stage, o.outcome, o.fp = stDone, outUnchanged, m.fp
-					o.repTimeout = flowTimeout(bytesOf(o.val))
-				}
 			}
 			ops = append(ops, o)
 			return true
 		})
 	}
+	k.unchanged.Add(uint64(unchanged))
 	k.countMeta()
 	return ops
 }
@@ -772,7 +783,6 @@ const (
 	outNone outcome = iota
 	outCreated
 	outUpdated
-	outUnchanged // not written: the kernel held the value (adopt.go)
 )
 
 // errUnknown marks a request whose answer was lost.
@@ -854,8 +864,6 @@ func (k *Sink) apply(ctx context.Context, ops []*op) error {
 			k.deleted.Add(1)
 		case o.kind == opTimeout:
 			k.refreshed.Add(1)
-		case o.outcome == outUnchanged:
-			k.unchanged.Add(1)
 		case o.outcome == outCreated && o.recreated:
 			k.recreated.Add(1)
 		case o.outcome == outCreated:
