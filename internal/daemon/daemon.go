@@ -94,6 +94,9 @@ type ConfigService interface {
 // internal/statesync.
 type Syncer interface {
 	SetRole(active bool)
+	// PeerStarted is called when a heartbeat shows a new run of the
+	// peer, so the sync channel reconnects without waiting.
+	PeerStarted()
 	StatusChanges() <-chan ha.SyncStatus
 	// Stats is what `tandem stats` shows: this unit's view and the peer's
 	// last report (raw JSON, nil if none).
@@ -108,8 +111,11 @@ type Daemon struct {
 	opts   Options
 	role   ha.Role
 	bootID uint64
-	start  time.Time
-	seq    uint64
+	// peerBoot is the boot id of the peer's last heartbeat: a new one is
+	// a restarted peer (Syncer.PeerStarted).
+	peerBoot uint64
+	start    time.Time
+	seq      uint64
 
 	m       *ha.Machine
 	tr      *heartbeat.Transport
@@ -264,6 +270,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return d.shutdown()
 		case r := <-rx:
 			d.lastRx = &r.HB
+			if r.HB.BootID != d.peerBoot {
+				d.peerBoot = r.HB.BootID
+				if d.opts.Sync != nil {
+					d.opts.Sync.PeerStarted()
+				}
+			}
 			d.trackConfig(r.At)
 			d.apply(r.At, d.m.HeartbeatReceived(r.At, r.Path, advertOf(&r.HB)))
 		case <-hb.C:

@@ -202,6 +202,10 @@ func (e *Engine) SetRole(active bool) {
 // latest only); the daemon feeds it to the HA state machine.
 func (e *Engine) StatusChanges() <-chan ha.SyncStatus { return e.statusCh }
 
+// PeerStarted tells the engine that the peer has just (re)started: the
+// channel connects again now instead of after its backoff.
+func (e *Engine) PeerStarted() { e.link.Redial() }
+
 // Status returns a snapshot of this unit's sync state.
 func (e *Engine) Status() Status {
 	e.mu.Lock()

@@ -13,9 +13,13 @@ import (
 	"time"
 )
 
-const (
+// The primary's wait between connection attempts (tests change them).
+var (
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = time.Second
+)
+
+const (
 	// maxHandshakes bounds the handshakes the secondary runs at once;
 	// connections beyond are closed at once.
 	maxHandshakes = 4
@@ -120,7 +124,8 @@ type Link struct {
 	clientTLS *tls.Config
 	log       *slog.Logger
 	events    chan Event
-	proto     uint8 // protoVersion; tests change it
+	redial    chan struct{} // Redial: skip the dial backoff once
+	proto     uint8         // protoVersion; tests change it
 
 	running atomic.Bool
 	wg      sync.WaitGroup // handshake and accept goroutines
@@ -161,6 +166,7 @@ func NewLink(cfg Config) (*Link, error) {
 		cfg: cfg, auth: auth, serverTLS: server, clientTLS: client,
 		log:    cfg.Logger,
 		events: make(chan Event, cfg.EventBuffer),
+		redial: make(chan struct{}, 1),
 		proto:  protoVersion,
 		since:  time.Now(),
 	}, nil
@@ -306,10 +312,29 @@ func (l *Link) dialLoop(ctx context.Context) {
 				backoff = minBackoff
 			}
 		}
-		if !sleepCtx(ctx, backoff) {
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-l.redial:
+			t.Stop()
+			backoff = minBackoff
+			continue
+		case <-t.C:
 		}
 		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// Redial tells a primary that is waiting to connect again to try now,
+// not after its backoff: the daemon calls it when it hears a peer that
+// has just started, so a restarted standby is fed at once rather than up
+// to a second later. No effect on a secondary or while connected.
+func (l *Link) Redial() {
+	select {
+	case l.redial <- struct{}{}:
+	default:
 	}
 }
 

@@ -503,3 +503,40 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestRedialSkipsBackoff: a primary waiting out its backoff connects at
+// once when told the peer has started (Redial); without it, it waits.
+func TestRedialSkipsBackoff(t *testing.T) {
+	defer func(lo, hi time.Duration) { minBackoff, maxBackoff = lo, hi }(minBackoff, maxBackoff)
+	minBackoff, maxBackoff = time.Minute, time.Minute
+
+	// A port nobody listens on yet.
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(secondaryIP, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := addrPortOf(ln.Addr())
+	ln.Close()
+
+	pc := testConfig(RolePrimary)
+	pc.Peer = addr
+	p := startLink(t, "primary", pc)
+	waitFor := func(cond func() bool) {
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the primary never tried to connect")
+			}
+		}
+	}
+	waitFor(func() bool { return strings.Contains(p.logs.String(), "cannot reach the peer") })
+
+	sc := testConfig(RoleSecondary)
+	sc.Local = addr
+	s := startLink(t, "secondary", sc)
+	p.quiet(time.Second) // negative control: the backoff holds
+	if st := s.l.Stats(); st.Connects != 0 {
+		t.Fatalf("connected during the backoff: %+v", st)
+	}
+	p.l.Redial()
+	waitUp(t, p, s)
+}
