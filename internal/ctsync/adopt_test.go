@@ -82,12 +82,23 @@ func TestSinkAdoptsAfterRestart(t *testing.T) {
 		t.Errorf("the changed entry has mark %#x in the kernel, want 0x42", got.Mark)
 	}
 
+	if _, ok := dumpFlows(t, cb)[string(Key(gone[0]))]; !ok {
+		t.Fatal("the ended entry is gone before the copy was declared complete")
+	}
+	// The copy is complete: the ended entry goes now, not at promotion.
+	second.SweepStale()
+	if err := second.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := dumpFlows(t, cb)[string(Key(gone[0]))]; ok {
+		t.Error("the ended entry is still in the kernel after SweepStale")
+	}
 	ps, err := second.Promote(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ps.Deleted != 1 {
-		t.Errorf("promotion deleted %d entries, want 1 (the ended one)", ps.Deleted)
+	if ps.Deleted != 0 {
+		t.Errorf("promotion deleted %d entries, want 0 (swept before)", ps.Deleted)
 	}
 	if err := second.Flush(); err != nil {
 		t.Fatal(err)

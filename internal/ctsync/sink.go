@@ -179,6 +179,7 @@ type Sink struct {
 	busy     bool
 	job      *promoteJob
 	refresh  []*op              // timeouts still to set after a promotion (loop only, under mu)
+	sweep    bool               // SweepStale asked: delete stale entries once the queue is empty
 	held     [2]*keyMap[string] // Hold: key → value
 	pending  [2]*keyMap[pendOp] // Inject: changes not yet written
 	reset    [2]bool            // Inject: a Reset came before the pending changes
@@ -330,13 +331,46 @@ func (k *Sink) Reset(table string) {
 	k.cond.Broadcast()
 }
 
+// SweepStale deletes, in the background, the entries written or adopted
+// before the last Reset that the copy since has not brought back: call it
+// once the copy is complete (the replication engine is IN_SYNC), so that
+// promotion finds nothing left to delete. Changes queued before the call
+// are written first.
+func (k *Sink) SweepStale() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed || k.opts.Mode != Inject || k.promoted {
+		return
+	}
+	k.sweep = true
+	k.cond.Broadcast()
+}
+
+// staleOps lists the deletion of every stale entry (writer goroutine).
+func (k *Sink) staleOps() []*op {
+	var ops []*op
+	for t := range 2 {
+		k.stale[t].each(func(key []byte, _ entryMeta) bool {
+			if k.failed[t].has(key) || t == tCT && k.orphans.has(key) {
+				return true // replicated again, its write to be retried
+			}
+			ops = append(ops, &op{table: uint8(t), kind: opDel, key: string(key), existing: true, standby: true})
+			return true
+		})
+	}
+	if len(ops) > 0 {
+		k.log.Info("full copy complete: deleting the entries the ACTIVE no longer has", "entries", len(ops))
+	}
+	return ops
+}
+
 // Flush waits until every change queued so far is written (Inject mode,
 // or after promotion), and the timeouts of a promotion are set.
 func (k *Sink) Flush() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	gen := k.enqGen
-	for !k.closed && (k.doneGen < gen || k.busy || k.job != nil || len(k.refresh) > 0) {
+	for !k.closed && (k.doneGen < gen || k.busy || k.job != nil || len(k.refresh) > 0 || k.sweep) {
 		k.cond.Wait()
 	}
 	if k.closed {
@@ -449,7 +483,7 @@ func (k *Sink) loop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for {
-		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 {
+		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 && !k.sweep {
 			k.cond.Wait()
 		}
 		if k.closed {
@@ -473,6 +507,18 @@ func (k *Sink) loop() {
 			k.mergeQueued(ops)
 			k.mu.Lock()
 			k.doneGen = gen
+			k.busy = false
+			k.cond.Broadcast()
+			continue
+		}
+		if k.job == nil && k.sweep {
+			k.sweep = false
+			k.busy = true
+			k.mu.Unlock()
+			ops := k.staleOps()
+			k.apply(context.Background(), ops)
+			k.mergeQueued(ops)
+			k.mu.Lock()
 			k.busy = false
 			k.cond.Broadcast()
 			continue

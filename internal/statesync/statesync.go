@@ -692,6 +692,9 @@ func (e *Engine) sinkStatus(st repl.SyncStatus) repl.SyncStatus {
 	}
 	if written >= e.settleGen || queued-written <= settleSlack {
 		e.settled = true
+		// The copy is complete: what it did not bring back is gone
+		// from the ACTIVE, and need not wait for a promotion to go.
+		e.store.ct.SweepStale()
 		return st
 	}
 	return repl.SyncOutOfSync
