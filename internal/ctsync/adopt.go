@@ -24,9 +24,9 @@ import (
 // dumps the kernel's table once and records every entry as stale, with a
 // hash of its value as the kernel holds it (the timeout left out); a Put
 // of the copy whose value hashes the same is then only recorded, not
-// written. Entries the copy does not bring again stay stale, and are
-// deleted at promotion, as entries written before a Reset always were:
-// the ACTIVE no longer has them.
+// written. Entries the copy does not bring again stay stale and are
+// deleted once the copy is complete (SweepStale) or at promotion: the
+// ACTIVE no longer has them.
 //
 // The standby's own connections (sync channel, management sessions) are
 // never adopted, so never deleted: an entry with one of the unit's own

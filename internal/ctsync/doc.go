@@ -70,7 +70,7 @@
 // while its kernel kept the table, a gap in the stream) is reconciled with
 // the kernel in Inject mode (adopt.go): one dump, then only the entries
 // whose value differs are written; entries the copy does not bring back
-// are deleted at promotion. Entries with one of the unit's own addresses
+// are deleted once it is complete (SweepStale), at promotion at the latest. Entries with one of the unit's own addresses
 // are never adopted, so never deleted.
 //
 // # What the kernel does (Linux 6.18), and the choices made here
