@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -195,6 +196,9 @@ type Sink struct {
 	// kernel yet (a dump lists entries in hash order): retried when more
 	// connections arrive and at promotion, so they keep their relation.
 	orphans *keyMap[string]
+	// copySize is the number of connections stale at the last Reset: how
+	// big the copy that follows is.
+	copySize int
 
 	nMeta  [2]atomic.Int64
 	nStale atomic.Int64
@@ -344,6 +348,25 @@ func (k *Sink) SweepStale() {
 	}
 	k.sweep = true
 	k.cond.Broadcast()
+}
+
+// bigCopy is the size of a full copy (entries) whose transient memory is
+// handed back to the system once it is complete.
+const bigCopy = 1 << 16
+
+// releaseStale drops the stale maps once they are empty: a Go map never
+// shrinks, and after a reconciled copy of a million entries the empty map
+// would hold tens of megabytes. After a big copy the memory it used
+// meanwhile (queued changes, the dump) goes back to the system too.
+func (k *Sink) releaseStale(big bool) {
+	for t := range 2 {
+		if k.stale[t].len() == 0 {
+			k.stale[t] = newKeyMap[entryMeta](0)
+		}
+	}
+	if big {
+		debug.FreeOSMemory()
+	}
 }
 
 // staleOps lists the deletion of every stale entry (writer goroutine).
@@ -515,9 +538,12 @@ func (k *Sink) loop() {
 			k.sweep = false
 			k.busy = true
 			k.mu.Unlock()
+			big := k.copySize > bigCopy
+			k.copySize = 0
 			ops := k.staleOps()
 			k.apply(context.Background(), ops)
 			k.mergeQueued(ops)
+			k.releaseStale(big)
 			k.mu.Lock()
 			k.busy = false
 			k.cond.Broadcast()
@@ -603,6 +629,7 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 		k.failed[t] = newKeyMap[string](0)
 		if t == tCT {
 			k.orphans = newKeyMap[string](0)
+			k.copySize = k.stale[t].len()
 		}
 	}
 	if pending[tCT].len() > 0 && k.orphans.len() > 0 {
