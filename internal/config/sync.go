@@ -46,6 +46,14 @@ type ConfigSync struct {
 	// SnapshotInterval is how often the ACTIVE sends a full snapshot of the
 	// management database to the standby besides every publish. Default 3m.
 	SnapshotInterval Duration `yaml:"snapshot_interval"`
+	// SnapshotDebounce is how long publishing must have been quiet before
+	// the ACTIVE sends a snapshot after publishes, so a burst costs one,
+	// sent after it. 0: the default, 500ms.
+	SnapshotDebounce Duration `yaml:"snapshot_debounce"`
+	// SnapshotMaxDelay bounds the wait from the first publish not yet in a
+	// snapshot to the snapshot, so continuous publishing still gets them.
+	// 0: the default, 10s. At least snapshot_debounce.
+	SnapshotMaxDelay Duration `yaml:"snapshot_max_delay"`
 	// Hooks run per category when a document is published or replicated:
 	// validate (must exit 0) and apply. The policies category defaults to
 	// `nft -c -f -` and `nft -f -`.
@@ -137,6 +145,7 @@ func (c *Config) validateSync(p *Problems) {
 	}
 	durRange(p, "sync.out_of_sync_after", s.OutOfSyncAfter, 10*time.Millisecond, time.Hour)
 	durRange(p, "config_sync.snapshot_interval", c.ConfigSync.SnapshotInterval, time.Second, 24*time.Hour)
+	c.validateSnapshotTiming(p)
 	for cat, h := range c.ConfigSync.Hooks {
 		path := "config_sync.hooks." + cat
 		known := false
@@ -149,5 +158,32 @@ func (c *Config) validateSync(p *Problems) {
 		if len(h.Validate) == 0 && len(h.Apply) == 0 {
 			p.add(path, "", "needs a validate or an apply command (a list: [program, arg, ...])")
 		}
+	}
+}
+
+// Defaults of the snapshot-after-publish timing (0 in the file), as
+// internal/configsync applies them.
+const (
+	defaultSnapshotDebounce = 500 * time.Millisecond
+	defaultSnapshotMaxDelay = 10 * time.Second
+)
+
+func (c *Config) validateSnapshotTiming(p *Problems) {
+	cs := c.ConfigSync
+	if cs.SnapshotDebounce.Duration != 0 {
+		durRange(p, "config_sync.snapshot_debounce", cs.SnapshotDebounce, 10*time.Millisecond, time.Minute)
+	}
+	if cs.SnapshotMaxDelay.Duration != 0 {
+		durRange(p, "config_sync.snapshot_max_delay", cs.SnapshotMaxDelay, 100*time.Millisecond, time.Hour)
+	}
+	deb, maxd := cs.SnapshotDebounce.Duration, cs.SnapshotMaxDelay.Duration
+	if deb == 0 {
+		deb = defaultSnapshotDebounce
+	}
+	if maxd == 0 {
+		maxd = defaultSnapshotMaxDelay
+	}
+	if maxd < deb {
+		p.add("config_sync.snapshot_max_delay", fmtDur(maxd), "is shorter than config_sync.snapshot_debounce (%s): set it to at least %s, or lower the debounce", fmtDur(deb), fmtDur(deb))
 	}
 }

@@ -21,17 +21,27 @@
 //
 // Frames are JSON objects carrying a frame-format version and this build's
 // configuration schema (internal/version.Schema); frames from a peer with
-// another schema are refused and the refusal is shown in the status.
-// Documents larger than one frame are sent in chunks.
+// another schema are refused and the refusal is shown in the status. A
+// revision's content follows its JSON header raw (a binary rev frame: no
+// base64 to encode and decode per publish); documents larger than one
+// frame are sent in chunks. On the standby a revision frame is handled
+// before the snapshot frames queued ahead of it, so applying a publish
+// never waits for megabytes of snapshot data to be staged.
 //
 // Besides the revisions, the ACTIVE replicates the whole management
 // database — documents, history and audit log — by snapshot
-// (internal/snapshot, snapshot.go here): after publishes (debounced; one
-// transfer in flight at a time, a publish during a transfer scheduling one
-// more), every config_sync.snapshot_interval, and when a standby connects
-// or the role changes. The snapshot is taken in a read transaction
-// (writers go on), spooled beside the database and streamed in binary
-// frames of at most 1 MiB, waiting out the channel's backpressure. The
+// (internal/snapshot, snapshot.go here): after publishes (a trailing
+// debounce: once publishing has been quiet for
+// config_sync.snapshot_debounce, but no later than
+// config_sync.snapshot_max_delay after the first publish not yet in a
+// snapshot; one transfer in flight at a time, a publish during a transfer
+// scheduling one more), every config_sync.snapshot_interval, and when a
+// standby connects or the role changes. The snapshot is taken in a read
+// transaction (writers go on), spooled beside the database and streamed in
+// binary frames of 256 KiB, waiting out the channel's backpressure and
+// never more than 1 MiB ahead of what the standby has staged (snap-progress
+// frames), so that a revision sent meanwhile does not queue behind the
+// channel's whole queue of snapshot data. The
 // standby stages it into a temp file, verifies it, refuses it if it is
 // older than its own head of the same history, sets a diverged history
 // aside as conflicts first, carries its own conflicts and apply outcomes

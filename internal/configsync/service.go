@@ -51,8 +51,8 @@ const MaxDocument = 32 << 20
 
 var maxDocument = MaxDocument // tests lower it
 
-// ChunkSize is the most content bytes one frame carries (base64 in JSON
-// makes it ~1.4 MiB, well under the channel's 4 MiB frame limit).
+// ChunkSize is the most content bytes one frame carries (raw after the
+// frame's JSON header, well under the channel's 4 MiB frame limit).
 const ChunkSize = 1 << 20
 
 // Options configure a Service opened without a tandem configuration (tests).
@@ -76,9 +76,14 @@ type Options struct {
 	// (config_sync.snapshot_interval); 0: only after publishes and when a
 	// standby connects.
 	SnapshotInterval time.Duration
-	// SnapshotDebounce is the wait after a publish before the snapshot;
-	// default DefaultSnapshotDebounce.
+	// SnapshotDebounce is how long publishing must be quiet before the
+	// snapshot (config_sync.snapshot_debounce); default
+	// DefaultSnapshotDebounce.
 	SnapshotDebounce time.Duration
+	// SnapshotMaxDelay bounds the wait from the first publish not in a
+	// snapshot to the snapshot (config_sync.snapshot_max_delay); default
+	// DefaultSnapshotMaxDelay, never less than SnapshotDebounce.
+	SnapshotMaxDelay time.Duration
 }
 
 // Service is one unit's configuration store and its replication.
@@ -176,6 +181,8 @@ func Open(cfg *config.Config, logger *slog.Logger) (*Service, error) {
 		HA:     cfg.Sync.Enabled,
 
 		SnapshotInterval: cfg.ConfigSync.SnapshotInterval.Duration,
+		SnapshotDebounce: cfg.ConfigSync.SnapshotDebounce.Duration,
+		SnapshotMaxDelay: cfg.ConfigSync.SnapshotMaxDelay.Duration,
 	})
 }
 

@@ -23,14 +23,17 @@ import (
 
 // Management-database snapshots. Besides the revision stream, the ACTIVE
 // sends the standby a full copy of its database (documents, history,
-// audit log; internal/snapshot's format) after publishes — debounced, one
-// transfer in flight at a time, a publish during a transfer scheduling one
-// more — every SnapshotInterval, and when a standby connects.
+// audit log; internal/snapshot's format) after publishes — a trailing
+// debounce bounded by SnapshotMaxDelay, one transfer in flight at a time,
+// a publish during a transfer scheduling one more — every
+// SnapshotInterval, and when a standby connects.
 //
 // On the wire: a JSON snap-begin frame, the stream in binary data frames
 // ('D', transfer id, offset, bytes), a JSON snap-end frame with the
-// length; snap-abort when the ACTIVE gives up; the standby answers with
-// snap-result, the restore notification (snapshot.Result).
+// length; snap-abort when the ACTIVE gives up; the standby answers each
+// data frame it staged with snap-progress (the ACTIVE keeps at most
+// snapWindow bytes unacknowledged) and the transfer with snap-result, the
+// restore notification (snapshot.Result).
 //
 // The ACTIVE takes the snapshot in a read transaction (writers go on),
 // spools it beside the database (snapshot.Take) and streams it from its
@@ -50,6 +53,9 @@ const (
 	tSnapEnd    = "snap-end"    // ACTIVE -> STANDBY: the stream is complete (Bytes)
 	tSnapAbort  = "snap-abort"  // ACTIVE -> STANDBY: the stream will not be completed
 	tSnapResult = "snap-result" // STANDBY -> ACTIVE: the restore notification
+	// STANDBY -> ACTIVE: stream bytes staged so far (Bytes); the ACTIVE
+	// keeps at most snapWindow bytes unacknowledged.
+	tSnapProgress = "snap-progress"
 )
 
 // snapDataTag starts a binary data frame: tag, transfer id u64, offset
@@ -63,7 +69,14 @@ const (
 var (
 	// snapFrameData is the stream bytes per data frame, well under the
 	// channel's frame limit (syncchan.DefaultMaxFrame, 4 MiB).
-	snapFrameData = 1 << 20
+	snapFrameData = 256 << 10
+	// snapWindow bounds the snapshot bytes sent and not yet staged by the
+	// standby, so that a revision sent meanwhile queues behind at most
+	// this much snapshot data (on the channel, in the TCP buffers and in
+	// the standby's queue) rather than the channel's whole queue (16 MiB).
+	snapWindow = 1 << 20
+	// snapStall bounds the wait for the standby's progress.
+	snapStall = 30 * time.Second
 	// snapChunkSize is the snapshot's chunk size (raw bytes).
 	snapChunkSize = snapshot.DefaultChunkSize
 	// snapResultTimeout bounds the wait for the standby's restore
@@ -73,9 +86,22 @@ var (
 	snapResultTimeout = 2 * time.Minute
 )
 
-// DefaultSnapshotDebounce is how long the ACTIVE waits after a publish
-// before taking a snapshot, so that a burst of publishes costs one.
+// DefaultSnapshotDebounce is how long publishing must have been quiet
+// before the ACTIVE takes a snapshot (trailing debounce), so that a burst
+// of publishes costs one, taken after it (config_sync.snapshot_debounce).
 const DefaultSnapshotDebounce = 500 * time.Millisecond
+
+// DefaultSnapshotMaxDelay bounds the wait from the first publish not in a
+// snapshot to the next snapshot, so that continuous publishing still gets
+// snapshots (config_sync.snapshot_max_delay). Every revision reaches the
+// standby on its own at once; the snapshot is the backstop for the rest of
+// the database (audit log, history after a gap). A snapshot of a store
+// grown by publishes of 100 KB documents is tens of MB and costs the
+// standby a few hundred ms of disk and CPU, during which a revision can
+// wait behind its install: 10 s keeps that under a few percent of the
+// time during a sustained burst while bounding how stale the standby's
+// full copy gets.
+const DefaultSnapshotMaxDelay = 10 * time.Second
 
 // Event kinds of the snapshot machinery (the worker's queue).
 const (
@@ -129,7 +155,7 @@ type snapStatus struct {
 // snapWorker is the snapshot state owned by the worker goroutine (and
 // Close, once the worker has stopped).
 type snapWorker struct {
-	interval, debounce time.Duration
+	interval, debounce, maxDelay time.Duration
 
 	// ACTIVE: sending.
 	greeted bool // a snapshot was asked for the standby since the session or role began
@@ -137,11 +163,18 @@ type snapWorker struct {
 	taking  bool // the sending goroutine runs
 	again   bool // a publish came during the transfer: one more after it
 	pending bool // the debounce timer runs
-	xfer    uint64
-	start   time.Time
-	cancel  *atomic.Bool
-	timeout *time.Timer
-	wg      sync.WaitGroup
+	// wantSince is when the first snapshot request not yet covered by a
+	// transfer came (zero: none): the debounce never runs past it plus
+	// maxDelay.
+	wantSince time.Time
+	timer     *time.Timer
+	timerGen  uint64 // evSnapStart of an older arming is ignored
+	xfer      uint64
+	start     time.Time
+	cancel    *atomic.Bool
+	writer    *snapWriter // of the transfer being sent
+	timeout   *time.Timer
+	wg        sync.WaitGroup
 
 	// STANDBY: receiving.
 	rx *snapRx
@@ -246,10 +279,14 @@ func (s *Service) reportSync() {
 }
 
 func (s *Service) snapInit(o Options) {
-	s.snap.interval, s.snap.debounce = o.SnapshotInterval, o.SnapshotDebounce
+	s.snap.interval, s.snap.debounce, s.snap.maxDelay = o.SnapshotInterval, o.SnapshotDebounce, o.SnapshotMaxDelay
 	if s.snap.debounce <= 0 {
 		s.snap.debounce = DefaultSnapshotDebounce
 	}
+	if s.snap.maxDelay <= 0 {
+		s.snap.maxDelay = DefaultSnapshotMaxDelay
+	}
+	s.snap.maxDelay = max(s.snap.maxDelay, s.snap.debounce)
 	s.syncCh = make(chan ha.SyncStatus, 1)
 	// A restore whose documents were not applied before a crash.
 	if applied, err := s.store.get().ApplyPending(); err != nil {
@@ -283,6 +320,9 @@ func (s *Service) snapClose() {
 	if w.timeout != nil {
 		w.timeout.Stop()
 	}
+	if w.timer != nil {
+		w.timer.Stop()
+	}
 	s.abortRx(errors.New("the service is closing"))
 	w.wg.Wait()
 }
@@ -292,6 +332,9 @@ func (s *Service) snapEvent(ev event) {
 	case evSnapWant:
 		s.snapWant()
 	case evSnapStart:
+		if ev.snap == nil || ev.snap.xfer != s.snap.timerGen {
+			return // re-armed since
+		}
 		s.snap.pending = false
 		s.snapStart()
 	case evSnapPeriodic:
@@ -317,23 +360,35 @@ func (s *Service) setInFlight(on bool) {
 
 // ---- ACTIVE side ----
 
-// snapWant asks for a snapshot: after the debounce, or after the transfer
-// in flight.
+// snapWant asks for a snapshot: once requests have been quiet for the
+// debounce but no later than maxDelay after the first request not yet
+// covered, or after the transfer in flight. Trailing, so that a burst of
+// publishes gets one snapshot after it instead of transfers competing
+// with its revisions.
 func (s *Service) snapWant() {
 	w := &s.snap
 	if !s.active.Load() {
 		return
 	}
 	w.greeted = true
+	now := time.Now()
+	if w.wantSince.IsZero() {
+		w.wantSince = now
+	}
 	if w.busy || w.taking {
 		w.again = true
 		return
 	}
-	if w.pending {
-		return
-	}
+	wait := min(w.debounce, w.wantSince.Add(w.maxDelay).Sub(now))
 	w.pending = true
-	time.AfterFunc(w.debounce, func() { s.enqueue(event{kind: evSnapStart}) })
+	w.timerGen++
+	gen := w.timerGen
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.timer = time.AfterFunc(max(0, wait), func() {
+		s.enqueue(event{kind: evSnapStart, snap: &snapDone{xfer: gen}})
+	})
 }
 
 func (s *Service) snapStart() {
@@ -342,6 +397,7 @@ func (s *Service) snapStart() {
 		w.again = true
 		return
 	}
+	w.wantSince = time.Time{} // this snapshot covers every request so far
 	if !s.peerIsStandby() || s.send == nil {
 		return
 	}
@@ -352,7 +408,9 @@ func (s *Service) snapStart() {
 	w.xfer++
 	w.start = s.now()
 	w.cancel = new(atomic.Bool)
-	sw := &snapWriter{xfer: w.xfer, send: s.send, cancel: w.cancel, begin: s.snapFrame(tSnapBegin, w.xfer)}
+	sw := &snapWriter{xfer: w.xfer, send: s.send, cancel: w.cancel, begin: s.snapFrame(tSnapBegin, w.xfer),
+		acked: new(atomic.Int64), progress: make(chan struct{}, 1)}
+	w.writer = sw
 	db := s.store.get().DB()
 	done := &snapDone{xfer: w.xfer, started: w.start}
 	s.setInFlight(true)
@@ -425,6 +483,10 @@ func (s *Service) onSnapResult(f snapFrame) {
 	if w.timeout != nil {
 		w.timeout.Stop()
 	}
+	if w.taking && w.cancel != nil {
+		// Refused before the end of the stream: stop sending it.
+		w.cancel.Store(true)
+	}
 	r := *f.Result
 	now := s.now()
 	r.Finished = now.UTC()
@@ -480,16 +542,55 @@ func (s *Service) snapDown(why string) {
 	s.abortRx(errors.New(why))
 }
 
+// onSnapProgress: the standby staged the stream up to f.Bytes.
+func (s *Service) onSnapProgress(f snapFrame) {
+	sw := s.snap.writer
+	if !s.snap.busy || sw == nil || sw.xfer != f.Xfer || f.Bytes <= sw.acked.Load() {
+		return
+	}
+	sw.acked.Store(f.Bytes)
+	select {
+	case sw.progress <- struct{}{}:
+	default:
+	}
+}
+
 // snapWriter turns Take's stream into frames: snap-begin before the first
-// bytes, then data frames. It waits out the channel's backpressure.
+// bytes, then data frames. It waits out the channel's backpressure, and
+// keeps at most snapWindow bytes ahead of the standby's progress.
 type snapWriter struct {
-	xfer   uint64
-	send   func(...[]byte) error
-	cancel *atomic.Bool
-	begin  snapFrame
-	begun  bool
-	off    int64
-	buf    []byte
+	xfer     uint64
+	send     func(...[]byte) error
+	cancel   *atomic.Bool
+	begin    snapFrame
+	begun    bool
+	off      int64
+	buf      []byte
+	acked    *atomic.Int64 // stream bytes the standby staged (nil: no window)
+	progress chan struct{} // acked moved
+}
+
+// waitWindow waits until k more bytes fit in the window.
+func (w *snapWriter) waitWindow(k int) error {
+	if w.acked == nil {
+		return nil
+	}
+	last, lastAt := w.acked.Load(), time.Now()
+	for w.off+int64(k)-w.acked.Load() > int64(max(snapWindow, k)) {
+		if w.cancel.Load() {
+			return errSnapCancelled
+		}
+		if a := w.acked.Load(); a != last {
+			last, lastAt = a, time.Now()
+		} else if time.Since(lastAt) > snapStall {
+			return fmt.Errorf("the standby staged no snapshot data for %s", snapStall)
+		}
+		select {
+		case <-w.progress:
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 var errSnapCancelled = errors.New("transfer cancelled")
@@ -504,6 +605,9 @@ func (w *snapWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		k := min(len(p), snapFrameData)
+		if err := w.waitWindow(k); err != nil {
+			return n, err
+		}
 		w.buf = append(w.buf[:0], snapDataTag)
 		w.buf = binary.BigEndian.AppendUint64(w.buf, w.xfer)
 		w.buf = binary.BigEndian.AppendUint64(w.buf, uint64(w.off))
@@ -561,6 +665,10 @@ func (s *Service) onSnapFrame(f frame, b []byte) {
 		if s.active.Load() {
 			s.onSnapResult(sf)
 		}
+	case tSnapProgress:
+		if s.active.Load() {
+			s.onSnapProgress(sf)
+		}
 	}
 }
 
@@ -606,6 +714,29 @@ func (s *Service) onSnapData(b []byte) {
 		return
 	}
 	rx.off += int64(len(b) - snapDataHdr)
+	// Staged: the ACTIVE may send more (snapWindow).
+	f := s.snapFrame(tSnapProgress, xfer)
+	f.Bytes = rx.off
+	if err := s.sendSnap(f, 5*time.Second); err != nil {
+		s.recordError("send snapshot progress to the peer: %v", err)
+	}
+}
+
+// sendSnap sends a snapshot control frame, waiting out a full queue for
+// at most wait (the channel ends itself if the peer stops reading).
+func (s *Service) sendSnap(f snapFrame, wait time.Duration) error {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	if s.send == nil {
+		return errors.New("the sync channel to the peer is down")
+	}
+	var cancel atomic.Bool
+	t := time.AfterFunc(wait, func() { cancel.Store(true) })
+	defer t.Stop()
+	w := &snapWriter{send: s.send, cancel: &cancel}
+	return w.sendRetry(b)
 }
 
 func (s *Service) onSnapEnd(f snapFrame) {
