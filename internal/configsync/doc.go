@@ -37,8 +37,8 @@
 // snapshot; one transfer in flight at a time, a publish during a transfer
 // scheduling one more), every config_sync.snapshot_interval, and when a
 // standby connects or the role changes. The snapshot is taken in a read
-// transaction (writers go on), spooled beside the database and streamed in
-// binary frames of 256 KiB, waiting out the channel's backpressure and
+// transaction (writers go on) and streamed as it is read, in binary
+// frames of 256 KiB, waiting out the channel's backpressure and
 // never more than 1 MiB ahead of what the standby has staged (snap-progress
 // frames), so that a revision sent meanwhile does not queue behind the
 // channel's whole queue of snapshot data. The

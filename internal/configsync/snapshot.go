@@ -35,11 +35,10 @@ import (
 // snapWindow bytes unacknowledged) and the transfer with snap-result, the
 // restore notification (snapshot.Result).
 //
-// The ACTIVE takes the snapshot in a read transaction (writers go on),
-// spools it beside the database (snapshot.Take) and streams it from its
-// own goroutine. The standby stages the stream into a temp file
-// (snapshot.Stage: every chunk, the whole-file hash and the bbolt meta
-// pages checked), refuses a stale snapshot, sets a diverged history aside
+// The ACTIVE takes the snapshot in a read transaction (writers go on)
+// and streams it as it reads (snapshot.Take), from its own goroutine. The
+// standby stages the stream into a temp file (snapshot.Stage: every
+// chunk, the whole-file digest and the bbolt meta pages checked), refuses a stale snapshot, sets a diverged history aside
 // as conflicts first (configstore.Divergent against the received
 // history), carries its own conflicts and apply outcomes into the staged
 // file (Staged.Patch, configstore.CarryOver), and installs it: with the

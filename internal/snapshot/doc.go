@@ -4,13 +4,19 @@
 //
 // Take (ACTIVE) copies the bbolt file inside one read transaction, which
 // sees a consistent state while publishes go on: writers are not blocked
-// for the copy's duration. The copy is hashed (sha256), cut into chunks,
-// each compressed with zstd and checksummed (crc32c of the raw and the
-// compressed bytes), spooled beside the database, and streamed as header
-// (magic, version, snapshot id, size, whole-file sha256), chunks, trailer.
+// for the copy's duration. The copy is cut into chunks, each compressed
+// with zstd and checked by a crc32c of the compressed bytes and a 128-bit
+// tag (AES-GMAC under a per-snapshot key) of the raw bytes, and streamed
+// as it is read, nothing spooled: header (magic, version, snapshot id,
+// size), chunks, trailer (the digest: sha256 of the tags, a hash tree
+// over the whole file).
+//
+// Compression and decompression never keep more than all cores but one
+// (at least one) busy, Takes and Receives together: the last core is the
+// event loop's and the writers'.
 //
 // Receive (STANDBY) writes the chunks into a temp file in the database's
-// directory, checking each chunk, the trailer and the whole-file hash, and
+// directory, checking each chunk, the trailer and the whole-file digest, and
 // that the result opens as a bbolt database; it fsyncs the file and the
 // directory, then closes the live store, renames the file over it
 // atomically, fsyncs the directory and reopens the store (Swap callbacks).
@@ -24,7 +30,7 @@
 // What it must never do: swap in an unverified file. A corrupted,
 // truncated or mismatching stream is rejected before the live database is
 // touched, and the previous database stays byte for byte as it was. Nor
-// may it leave snapshot files behind: spool and temp files are removed on
+// may it leave snapshot files behind: temp files are removed on
 // every path, and the only leftover of a crash — a temp file no process
 // holds locked — is removed by the next Receive or configstore.Open
 // (CleanTemp).

@@ -1,6 +1,8 @@
 package snapshot
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -9,30 +11,44 @@ import (
 	"time"
 )
 
-// Stream format (all integers big-endian):
+// Stream format, version 2 (all integers big-endian):
 //
-//	header  88 bytes: magic "TNDMSNAP", version u16, flags u16 (0),
+//	header  56 bytes: magic "TNDMSNAP", version u16, flags u16 (0),
 //	        snapshot id [16], created unix-nanos i64, size u64 (database
-//	        bytes), chunk size u32, chunk count u32, sha256 [32] of the
-//	        database, crc32c u32 of the preceding header bytes
-//	chunk   (chunk count of them, index 0, 1, ...) 20-byte record header:
+//	        bytes), chunk size u32, chunk count u32, crc32c u32 of the
+//	        preceding header bytes
+//	chunk   (chunk count of them, index 0, 1, ...) 32-byte record header:
 //	        index u32, raw length u32, compressed length u32, crc32c u32 of
-//	        the raw bytes, crc32c u32 of the compressed bytes; then the
+//	        the compressed bytes, tag [16] of the raw bytes; then the
 //	        compressed bytes: one zstd frame. Every chunk but the last has
 //	        raw length = chunk size.
-//	trailer 52 bytes: 0xFFFFFFFF u32, chunk count u32, size u64, sha256
-//	        [32] (repeated from the header), crc32c u32 of the preceding
-//	        trailer bytes
+//	trailer 52 bytes: 0xFFFFFFFF u32, chunk count u32, size u64, digest
+//	        [32], crc32c u32 of the preceding trailer bytes
+//
+// A chunk's tag is the AES-GMAC of its raw bytes (AES-128 keyed with the
+// snapshot id, nonce: 8 zero bytes and the chunk index u32): a 128-bit
+// polynomial hash under a random per-snapshot key, so a corruption that
+// does not know the id goes undetected with probability below 2^-100 per
+// chunk, and a chunk moved to another index does not match. The digest is
+// the sha256 of the tags in chunk order: a hash tree over the whole file,
+// checked before anything is installed. The id travels in the clear, so
+// like the sha256 of version 1 this detects corruption, not forgery (the
+// sync channel authenticates). GMAC runs at several GB/s with AES-NI and
+// PCLMULQDQ, where sha256 without SHA-NI managed about 400 MB/s.
+//
+// With nothing in the header that depends on the data, Take streams as it
+// reads: no spool. Version 1 carried the file's sha256 in the header.
 const (
 	magic       = "TNDMSNAP"
-	Version     = 1
-	headerLen   = 8 + 2 + 2 + 16 + 8 + 8 + 4 + 4 + 32 + 4
-	chunkHdrLen = 20
+	Version     = 2
+	headerLen   = 8 + 2 + 2 + 16 + 8 + 8 + 4 + 4 + 4
+	chunkHdrLen = 4 + 4 + 4 + 4 + tagLen
+	tagLen      = 16
 	trailerLen  = 4 + 4 + 8 + 32 + 4
 	trailerMark = 0xFFFFFFFF
 
 	// DefaultChunkSize is the raw bytes per chunk.
-	DefaultChunkSize = 1 << 20
+	DefaultChunkSize = 256 << 10
 	// MaxChunkSize bounds what a receiver accepts (and so its memory).
 	MaxChunkSize = 64 << 20
 	minChunkSize = 4 << 10
@@ -53,10 +69,12 @@ func crc(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // Manifest describes a snapshot.
 type Manifest struct {
-	ID        [16]byte  // random, names this snapshot in logs and notifications
-	Created   time.Time // when Take started
-	Size      int64     // database bytes
-	SHA256    [32]byte  // of the database bytes
+	ID      [16]byte  // random, names this snapshot in logs and notifications
+	Created time.Time // when Take started
+	Size    int64     // database bytes
+	// Digest is the sha256 of the chunks' tags (see the format above):
+	// the whole file's integrity check.
+	Digest    [32]byte
 	ChunkSize int
 	Chunks    int
 	// StreamBytes is the size of the stream, header to trailer.
@@ -83,7 +101,6 @@ func encodeHeader(m Manifest) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
 	b = binary.BigEndian.AppendUint32(b, uint32(m.ChunkSize))
 	b = binary.BigEndian.AppendUint32(b, uint32(m.Chunks))
-	b = append(b, m.SHA256[:]...)
 	return binary.BigEndian.AppendUint32(b, crc(b))
 }
 
@@ -106,7 +123,6 @@ func decodeHeader(b []byte) (Manifest, error) {
 	size := binary.BigEndian.Uint64(b[36:])
 	m.ChunkSize = int(binary.BigEndian.Uint32(b[44:]))
 	m.Chunks = int(binary.BigEndian.Uint32(b[48:]))
-	copy(m.SHA256[:], b[52:84])
 	if m.ChunkSize < minChunkSize || m.ChunkSize > MaxChunkSize {
 		return m, fmt.Errorf("%w: chunk size %d, must be %d to %d", ErrCorrupt, m.ChunkSize, minChunkSize, MaxChunkSize)
 	}
@@ -121,14 +137,15 @@ func decodeHeader(b []byte) (Manifest, error) {
 }
 
 type chunkHdr struct {
-	index, rawLen, compLen, rawCRC, compCRC uint32
+	index, rawLen, compLen, compCRC uint32
+	tag                             [tagLen]byte
 }
 
 func (h chunkHdr) append(b []byte) []byte {
-	for _, v := range []uint32{h.index, h.rawLen, h.compLen, h.rawCRC, h.compCRC} {
+	for _, v := range []uint32{h.index, h.rawLen, h.compLen, h.compCRC} {
 		b = binary.BigEndian.AppendUint32(b, v)
 	}
-	return b
+	return append(b, h.tag[:]...)
 }
 
 func decodeChunkHdr(b []byte) chunkHdr {
@@ -136,9 +153,35 @@ func decodeChunkHdr(b []byte) chunkHdr {
 		index:   binary.BigEndian.Uint32(b),
 		rawLen:  binary.BigEndian.Uint32(b[4:]),
 		compLen: binary.BigEndian.Uint32(b[8:]),
-		rawCRC:  binary.BigEndian.Uint32(b[12:]),
-		compCRC: binary.BigEndian.Uint32(b[16:]),
+		compCRC: binary.BigEndian.Uint32(b[12:]),
+		tag:     [tagLen]byte(b[16:chunkHdrLen]),
 	}
+}
+
+// tagger computes chunk tags (one per goroutine: it reuses its nonce).
+type tagger struct {
+	gmac  cipher.AEAD
+	nonce [12]byte
+}
+
+func newTagger(id [16]byte) *tagger {
+	block, err := aes.NewCipher(id[:])
+	if err != nil {
+		panic(err) // a 16-byte key is always valid
+	}
+	gmac, err := cipher.NewGCM(block)
+	if err != nil {
+		panic(err)
+	}
+	return &tagger{gmac: gmac}
+}
+
+// tag is the AES-GMAC of raw: GCM with raw as additional data and nothing
+// to encrypt.
+func (t *tagger) tag(index uint32, raw []byte) (tag [tagLen]byte) {
+	binary.BigEndian.PutUint32(t.nonce[8:], index)
+	t.gmac.Seal(tag[:0], t.nonce[:], nil, raw)
+	return tag
 }
 
 // maxCompressed bounds a chunk's compressed length (zstd's worst case is a
@@ -150,19 +193,23 @@ func encodeTrailer(m Manifest) []byte {
 	b = binary.BigEndian.AppendUint32(b, trailerMark)
 	b = binary.BigEndian.AppendUint32(b, uint32(m.Chunks))
 	b = binary.BigEndian.AppendUint64(b, uint64(m.Size))
-	b = append(b, m.SHA256[:]...)
+	b = append(b, m.Digest[:]...)
 	return binary.BigEndian.AppendUint32(b, crc(b))
 }
 
+// checkTrailer checks the trailer against the header and the digest the
+// receiver computed.
 func checkTrailer(b []byte, m Manifest) error {
 	if got, want := binary.BigEndian.Uint32(b[trailerLen-4:]), crc(b[:trailerLen-4]); got != want {
 		return fmt.Errorf("%w: trailer crc32c %08x, computed %08x", ErrCorrupt, got, want)
 	}
 	if binary.BigEndian.Uint32(b) != trailerMark ||
 		int(binary.BigEndian.Uint32(b[4:])) != m.Chunks ||
-		int64(binary.BigEndian.Uint64(b[8:])) != m.Size ||
-		[32]byte(b[16:48]) != m.SHA256 {
+		int64(binary.BigEndian.Uint64(b[8:])) != m.Size {
 		return fmt.Errorf("%w: trailer does not match the header", ErrCorrupt)
+	}
+	if got := [32]byte(b[16:48]); got != m.Digest {
+		return fmt.Errorf("%w: digest of the chunk tags %x, trailer says %x", ErrCorrupt, m.Digest, got)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -29,8 +30,8 @@ type Swap struct {
 }
 
 // Receive reads a snapshot stream from r into a temp file in dir, verifies
-// it (every chunk's checksums and lengths, the trailer, the whole-file
-// sha256, the bbolt meta pages), fsyncs the file and dir, then installs it
+// it (every chunk's checksums, tag and lengths, the trailer, the digest
+// over the whole file, the bbolt meta pages), fsyncs the file and dir, then installs it
 // over target (a path in dir, or a name relative to it): opts.Swap.Close,
 // rename, fsync dir, opts.Swap.Reopen.
 //
@@ -145,16 +146,14 @@ type decoded struct {
 
 // receiveInto reads the chunks and trailer, writing the database bytes to
 // f. With one worker a single goroutine does everything; with two, one
-// reads, checks and decompresses while this one hashes and writes.
+// reads, checks and decompresses while this one writes.
 func receiveInto(r io.Reader, f *os.File, m *Manifest, workers int) error {
 	free := make(chan []byte, 3)
 	for range 3 {
 		free <- make([]byte, 0, m.ChunkSize)
 	}
-	h := sha256.New()
 	var written int64
 	consume := func(raw []byte) error {
-		h.Write(raw)
 		if _, err := f.Write(raw); err != nil {
 			return fmt.Errorf("write %s: %w", f.Name(), err)
 		}
@@ -165,7 +164,7 @@ func receiveInto(r io.Reader, f *os.File, m *Manifest, workers int) error {
 	var err error
 	if workers < 2 {
 		var cerr error
-		n, rerr := readChunks(r, *m, free, nil, func(d decoded) bool {
+		n, rerr := readChunks(r, m, free, nil, func(d decoded) bool {
 			cerr = consume(d.raw)
 			return cerr == nil
 		})
@@ -176,6 +175,8 @@ func receiveInto(r io.Reader, f *os.File, m *Manifest, workers int) error {
 		stop := make(chan struct{})
 		finished := make(chan struct{})
 		var streamBytes int64
+		// readChunks sets m.Digest, read here only after finished.
+		rm := *m
 		go func() {
 			defer close(finished)
 			defer close(out)
@@ -187,13 +188,13 @@ func receiveInto(r io.Reader, f *os.File, m *Manifest, workers int) error {
 					return false
 				}
 			}
-			n, err := readChunks(r, *m, free, stop, send)
+			n, err := readChunks(r, &rm, free, stop, send)
 			streamBytes = n
 			if err != nil {
 				send(decoded{err: err})
 			}
 		}()
-		var y sched.Yielder // decompressing and hashing 200 MB at the daemon's priority
+		var y sched.Yielder // writing 200 MB at the daemon's priority
 		for d := range out {
 			y.Pause()
 			if d.err != nil {
@@ -207,6 +208,7 @@ func receiveInto(r io.Reader, f *os.File, m *Manifest, workers int) error {
 		close(stop)
 		<-finished
 		m.StreamBytes = streamBytes
+		m.Digest = rm.Digest
 	}
 	if err != nil {
 		return err
@@ -214,21 +216,22 @@ func receiveInto(r io.Reader, f *os.File, m *Manifest, workers int) error {
 	if written != m.Size {
 		return fmt.Errorf("%w: got %d database bytes, header says %d", ErrCorrupt, written, m.Size)
 	}
-	if got := [32]byte(h.Sum(nil)); got != m.SHA256 {
-		return fmt.Errorf("%w: database sha256 %x, header says %x", ErrCorrupt, got, m.SHA256)
-	}
 	return nil
 }
 
-// readChunks reads and checks every chunk record and the trailer, sending
-// decompressed chunks in order. It returns the stream bytes read.
-func readChunks(r io.Reader, m Manifest, free chan []byte, stop chan struct{}, send func(decoded) bool) (int64, error) {
+// readChunks reads and checks every chunk record (lengths, crc32c of the
+// compressed bytes, tag of the raw bytes) and the trailer (digest of the
+// tags, set in m), sending decompressed chunks in order. It returns the
+// stream bytes read.
+func readChunks(r io.Reader, m *Manifest, free chan []byte, stop chan struct{}, send func(decoded) bool) (int64, error) {
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecodeAllCapLimit(true),
 		zstd.WithDecoderMaxMemory(uint64(m.ChunkSize)))
 	if err != nil {
 		return 0, err
 	}
 	defer dec.Close()
+	tg := newTagger(m.ID)
+	digest := sha256.New()
 	n := int64(headerLen)
 	rec := make([]byte, chunkHdrLen)
 	comp := make([]byte, maxCompressed(m.ChunkSize))
@@ -262,26 +265,35 @@ func readChunks(r io.Reader, m Manifest, free chan []byte, stop chan struct{}, s
 		case <-stop:
 			return n, nil
 		}
+		acquireCPU()
 		raw, err := dec.DecodeAll(data, buf[:0])
+		var got [tagLen]byte
+		if err == nil && len(raw) == int(ch.rawLen) {
+			got = tg.tag(ch.index, raw)
+		}
+		releaseCPU()
 		if err != nil {
 			return n, fmt.Errorf("%w: chunk %d: zstd: %v", ErrCorrupt, i, err)
 		}
 		if len(raw) != int(ch.rawLen) {
 			return n, fmt.Errorf("%w: chunk %d decompressed to %d bytes, record says %d", ErrCorrupt, i, len(raw), ch.rawLen)
 		}
-		if got := crc(raw); got != ch.rawCRC {
-			return n, fmt.Errorf("%w: chunk %d crc32c %08x, record says %08x", ErrCorrupt, i, got, ch.rawCRC)
+		if got != ch.tag {
+			return n, fmt.Errorf("%w: chunk %d tag %x, record says %x", ErrCorrupt, i, got, ch.tag)
 		}
+		digest.Write(ch.tag[:])
 		if !send(decoded{raw: raw}) {
 			return n, nil
 		}
+		runtime.Gosched() // as in Take's compressors
 	}
+	digest.Sum(m.Digest[:0])
 	tr := make([]byte, trailerLen)
 	if _, err := io.ReadFull(r, tr); err != nil {
 		return n, readErr("trailer", err)
 	}
 	n += trailerLen
-	return n, checkTrailer(tr, m)
+	return n, checkTrailer(tr, *m)
 }
 
 // checkBolt opens the file as a bbolt database, read-only: its meta pages

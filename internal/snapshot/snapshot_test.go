@@ -129,7 +129,7 @@ func testRoundTrip(t *testing.T, src *configstore.Store, srcDir string, workers 
 		t.Fatalf("only %d chunks; the test wants many", taken.Chunks)
 	}
 	if got := onlyFiles(t, srcDir); !slices.Equal(got, []string{"config.db"}) {
-		t.Errorf("source dir after Take = %v, want only the database (spool removed)", got)
+		t.Errorf("source dir after Take = %v, want only the database", got)
 	}
 
 	dstDir := t.TempDir()
@@ -202,17 +202,17 @@ type frame struct {
 	start, end int
 }
 
-// frames parses a stream's layout (header 88 bytes, records of 20 bytes plus
+// frames parses a stream's layout (header 56 bytes, records of 32 bytes plus
 // data, trailer 52 bytes).
 func frames(t *testing.T, stream []byte) []frame {
 	t.Helper()
-	fs := []frame{{"header", 0, 88}}
+	fs := []frame{{"header", 0, 56}}
 	chunks := int(binary.BigEndian.Uint32(stream[48:]))
-	off := 88
+	off := 56
 	for i := range chunks {
 		n := int(binary.BigEndian.Uint32(stream[off+8:]))
-		fs = append(fs, frame{fmt.Sprintf("chunk %d", i), off, off + 20 + n})
-		off += 20 + n
+		fs = append(fs, frame{fmt.Sprintf("chunk %d", i), off, off + 32 + n})
+		off += 32 + n
 	}
 	fs = append(fs, frame{"trailer", off, off + 52})
 	if off+52 != len(stream) {
@@ -255,18 +255,32 @@ func TestCorruptStreamRejected(t *testing.T) {
 		cases = append(cases, tcase{"flip in " + f.name + " start", flip(f.start + rng.IntN(min(20, f.end-f.start))), snapshot.ErrCorrupt, ""})
 		cases = append(cases, tcase{"flip in " + f.name + " body", flip(f.start + rng.IntN(f.end-f.start)), snapshot.ErrCorrupt, ""})
 	}
-	for _, n := range []int{0, 1, 87, 88, 100, fs[1].end, fs[len(fs)/2].start + 30, fs[len(fs)-1].start, len(stream) - 1} {
+	for _, n := range []int{0, 1, 55, 56, 100, fs[1].end, fs[len(fs)/2].start + 30, fs[len(fs)-1].start, len(stream) - 1} {
 		cases = append(cases, tcase{fmt.Sprintf("truncated at %d", n), stream[:n], snapshot.ErrTruncated, "ended in the"})
 	}
-	// A consistent stream (valid crcs) whose whole-file hash is wrong.
-	wrong := slices.Clone(stream)
+	// A consistent stream (valid crcs) whose whole-file digest is wrong.
 	castagnoli := crc32.MakeTable(crc32.Castagnoli)
-	wrong[60] ^= 1
-	binary.BigEndian.PutUint32(wrong[84:], crc32.Checksum(wrong[:84], castagnoli))
+	wrong := slices.Clone(stream)
 	tr := fs[len(fs)-1].start
-	copy(wrong[tr+16:tr+48], wrong[52:84])
+	wrong[tr+20] ^= 1
 	binary.BigEndian.PutUint32(wrong[tr+48:], crc32.Checksum(wrong[tr:tr+48], castagnoli))
-	cases = append(cases, tcase{"wrong whole-file hash", wrong, snapshot.ErrCorrupt, "database sha256"})
+	cases = append(cases, tcase{"wrong whole-file digest", wrong, snapshot.ErrCorrupt, "digest of the chunk tags"})
+	// Two chunks swapped, indexes rewritten: every crc holds, the tags
+	// (bound to the index) do not.
+	swapped := slices.Clone(stream[:fs[1].start])
+	swapped = append(swapped, stream[fs[2].start:fs[2].end]...)
+	swapped = append(swapped, stream[fs[1].start:fs[1].end]...)
+	swapped = append(swapped, stream[fs[3].start:]...)
+	binary.BigEndian.PutUint32(swapped[fs[1].start:], 0)
+	binary.BigEndian.PutUint32(swapped[fs[1].start+fs[2].end-fs[2].start:], 1)
+	cases = append(cases, tcase{"chunks swapped", swapped, snapshot.ErrCorrupt, "tag"})
+	// A chunk replaced by another stream's chunk 0 (other id, other key).
+	other, _ := takeBytes(t, src, snapshot.Options{ChunkSize: 32 << 10})
+	ofs := frames(t, other)
+	replaced := slices.Clone(stream[:fs[1].start])
+	replaced = append(replaced, other[ofs[1].start:ofs[1].end]...)
+	replaced = append(replaced, stream[fs[2].start:]...)
+	cases = append(cases, tcase{"chunk of another snapshot", replaced, snapshot.ErrCorrupt, "tag"})
 	cases = append(cases, tcase{"not a snapshot", []byte(strings.Repeat("GET / HTTP/1.1\r\n", 10)), snapshot.ErrCorrupt, "not a tandem snapshot"})
 
 	for i, tc := range cases {
@@ -365,7 +379,7 @@ func TestTakeErrorsLeaveNothing(t *testing.T) {
 		t.Errorf("Take with a 100-byte chunk size succeeded")
 	}
 	if names := onlyFiles(t, dir); !slices.Equal(names, []string{"config.db"}) {
-		t.Errorf("dir after failed Takes = %v, want the spool removed", names)
+		t.Errorf("dir after failed Takes = %v, want only the database", names)
 	}
 }
 

@@ -1,15 +1,16 @@
 package snapshot
 
 import (
-	"bufio"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"os"
-	"path/filepath"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -24,17 +25,16 @@ type Options struct {
 	ChunkSize int
 	// Level is the zstd level (Take), as in zstd(1); 0 means the fastest.
 	Level int
-	// TempDir is where Take spools the compressed snapshot. Default: the
-	// database's directory.
-	TempDir string
 	// Now is the clock for Manifest.Created. Default time.Now.
 	Now func() time.Time
 	// Swap closes and reopens the live database around Receive's rename.
 	Swap Swap
-	// Workers is how many cores Take or Receive may keep busy. 1 (the
-	// default) does the work in one goroutine, leaving the other cores to
-	// the daemon's event loop and to writers; 2 runs hashing beside
-	// compression (Take) or decompression (Receive), about 1.5x faster.
+	// Workers is how many goroutines Take or Receive runs. 1 (the
+	// default) does the work in one goroutine; 2 compresses two chunks at
+	// once (Take) or writes beside decompression (Receive). Either way the
+	// compressing and decompressing of all snapshots in the process keep
+	// at most all cores but one busy (cpuSlots): on two cores, 2 overlaps
+	// only the I/O.
 	Workers int
 	// Check runs bbolt's full consistency check on a received file before
 	// installing it (slower: it walks every page). Without it the file's
@@ -59,10 +59,9 @@ func (o Options) withDefaults() Options {
 // consistent state while writers go on committing (bbolt never blocks a
 // writer on a reader, as long as its memory map need not grow: open the
 // database with a generous InitialMmapSize, as configstore does). The
-// copy is hashed, cut into chunks and compressed into a spool file beside
-// the database (the header carries the whole-file hash, known only at the
-// end); the read transaction ends, then the spool is streamed to w and
-// removed. Nothing of the snapshot is left on disk on any path.
+// copy is cut into chunks, each compressed, tagged and written to w as it
+// is read: nothing is spooled, so nothing of the snapshot touches the
+// disk, and the read transaction lasts as long as the stream.
 func Take(db *bbolt.DB, w io.Writer, opts Options) (Manifest, error) {
 	start := time.Now()
 	opts = opts.withDefaults()
@@ -73,177 +72,232 @@ func Take(db *bbolt.DB, w io.Writer, opts Options) (Manifest, error) {
 	if opts.Level > 0 {
 		level = zstd.EncoderLevelFromZstd(opts.Level)
 	}
-	dir := opts.TempDir
-	if dir == "" {
-		dir = filepath.Dir(db.Path())
-	}
+	workers := max(1, min(opts.Workers, 2))
 	m := Manifest{Created: opts.Now().UTC(), ChunkSize: opts.ChunkSize}
 	_, _ = rand.Read(m.ID[:])
 
-	spool, err := createTemp(dir)
-	if err != nil {
-		return m, fmt.Errorf("snapshot: spool: %w", err)
-	}
-	defer removeTemp(spool)
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+	// EncodeAll may run on up to workers goroutines at once.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(workers), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return m, fmt.Errorf("snapshot: zstd: %w", err)
 	}
 	defer enc.Close()
 
-	bw := bufio.NewWriterSize(spool, 1<<20)
-	cw := newChunker(opts.ChunkSize, opts.Workers, enc, bw)
-	defer cw.close() // stops the compressor if View failed before WriteTo
+	cw := newChunker(m, workers, enc, w)
+	defer cw.close() // stops the workers if View failed before WriteTo
 	err = db.View(func(tx *bbolt.Tx) error {
-		_, err := tx.WriteTo(cw)
-		return errors.Join(err, cw.close())
+		m.Size = tx.Size()
+		m.Chunks = chunkCount(m.Size, m.ChunkSize)
+		if _, err := w.Write(encodeHeader(m)); err != nil {
+			return fmt.Errorf("send header: %w", err)
+		}
+		if _, err := tx.WriteTo(cw); err != nil {
+			if cw.err != nil { // a send or compress error, surfaced by the copy
+				err = cw.err
+			} else {
+				err = fmt.Errorf("copy database: %w", err)
+			}
+			cw.stop()
+			return err
+		}
+		return cw.close()
 	})
-	if err == nil {
-		err = bw.Flush()
-	}
 	if err != nil {
-		return m, fmt.Errorf("snapshot: copy database: %w", err)
+		return m, fmt.Errorf("snapshot: %w", err)
 	}
-	m.Size, m.Chunks = cw.size, cw.chunks
-	cw.h.Sum(m.SHA256[:0])
-	if m.Chunks != chunkCount(m.Size, m.ChunkSize) {
-		return m, fmt.Errorf("snapshot: internal error: %d chunks for %d bytes", m.Chunks, m.Size)
+	if cw.size != m.Size || cw.chunks != m.Chunks {
+		return m, fmt.Errorf("snapshot: internal error: copied %d bytes in %d chunks, header says %d in %d", cw.size, cw.chunks, m.Size, m.Chunks)
 	}
-	spoolLen, err := spool.Seek(0, io.SeekCurrent)
-	if err == nil {
-		_, err = spool.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		return m, fmt.Errorf("snapshot: spool: %w", err)
-	}
-
-	// Stream: header, the spooled chunks, trailer.
-	if _, err := w.Write(encodeHeader(m)); err != nil {
-		return m, fmt.Errorf("snapshot: send header: %w", err)
-	}
-	buf := make([]byte, 1<<20)
-	n, err := io.CopyBuffer(onlyWriter{w}, onlyReader{spool}, buf)
-	if err == nil && n != spoolLen {
-		err = fmt.Errorf("sent %d of %d bytes", n, spoolLen)
-	}
-	if err != nil {
-		return m, fmt.Errorf("snapshot: send chunks: %w", err)
-	}
+	cw.digest.Sum(m.Digest[:0])
 	if _, err := w.Write(encodeTrailer(m)); err != nil {
 		return m, fmt.Errorf("snapshot: send trailer: %w", err)
 	}
-	m.StreamBytes = headerLen + spoolLen + trailerLen
+	m.StreamBytes = headerLen + cw.sent + trailerLen
 	m.Duration = time.Since(start)
 	return m, nil
 }
 
-// onlyWriter and onlyReader hide ReadFrom/WriteTo so io.CopyBuffer uses
-// the 1 MiB buffer.
-type onlyWriter struct{ io.Writer }
-type onlyReader struct{ io.Reader }
+// slot is one chunk on its way: raw bytes in, record out.
+type slot struct {
+	raw  []byte
+	comp []byte
+	rec  [chunkHdrLen]byte
+	err  error
+	done chan struct{} // closed once comp and rec are ready (two workers)
+}
 
-// chunker receives the database bytes (tx.WriteTo), hashes them and cuts
-// them into chunks, each compressed and written as a record to the spool.
-// With two workers a second goroutine compresses while the first hashes.
+// chunker receives the database bytes (tx.WriteTo) and cuts them into
+// chunks; each is compressed and tagged, here (one worker) or by two
+// compressor goroutines in parallel, and its record written to w in order
+// by the caller's goroutine.
 type chunker struct {
 	chunkSize int
-	buf       []byte
-	h         hash.Hash
-	size      int64
+	id        [16]byte
+	enc       *zstd.Encoder
+	tg        *tagger // serial mode
+	w         io.Writer
+	digest    hash.Hash // sha256 of the tags, in chunk order
+	size      int64     // raw bytes cut
 	chunks    int
+	sent      int64 // record bytes written to w
+	err       error // first compress or send error
 	closed    bool
-
-	enc   *zstd.Encoder
-	out   io.Writer
-	comp  []byte
-	index uint32
-	err   error // first compress/write error (serial mode)
+	cur       *slot
 	// yield gives the CPU back while the caller's copy runs: the daemon
 	// is realtime and a 200 MB copy must not hold off a heartbeat.
 	yield sched.Yielder
 
 	// Two-worker mode.
-	work chan []byte
-	free chan []byte
-	done chan error
+	work    chan *slot
+	pending []*slot // handed to the workers, oldest first
+	free    []*slot
+	wg      sync.WaitGroup
 }
 
-func newChunker(chunkSize, workers int, enc *zstd.Encoder, out io.Writer) *chunker {
-	c := &chunker{
-		chunkSize: chunkSize,
-		h:         sha256.New(),
-		enc:       enc,
-		out:       out,
-		comp:      make([]byte, 0, maxCompressed(chunkSize)),
+func newChunker(m Manifest, workers int, enc *zstd.Encoder, w io.Writer) *chunker {
+	c := &chunker{chunkSize: m.ChunkSize, id: m.ID, enc: enc, w: w, digest: sha256.New()}
+	newSlot := func() *slot {
+		return &slot{raw: make([]byte, 0, m.ChunkSize), comp: make([]byte, 0, maxCompressed(m.ChunkSize))}
 	}
 	if workers < 2 {
-		c.buf = make([]byte, 0, chunkSize)
+		c.tg = newTagger(m.ID)
+		c.cur = newSlot()
 		return c
 	}
-	c.work = make(chan []byte, 2)
-	c.free = make(chan []byte, 3)
-	c.done = make(chan error, 1)
-	for range 3 {
-		c.free <- make([]byte, 0, chunkSize)
+	// One slot filling, one per worker compressing, one finished waiting
+	// for w.
+	const slots = 4
+	c.work = make(chan *slot, slots)
+	for range slots {
+		c.free = append(c.free, newSlot())
 	}
-	c.buf = <-c.free
-	go func() {
-		var err error
-		var y sched.Yielder // compressing 200 MB at the daemon's priority
-		for raw := range c.work {
-			y.Pause()
-			if err == nil {
-				err = c.emit(raw)
+	c.cur = c.take()
+	for range workers {
+		c.wg.Go(func() {
+			tg := newTagger(m.ID)
+			var y sched.Yielder // compressing 200 MB at the daemon's priority
+			for s := range c.work {
+				y.Pause()
+				c.compress(s, tg)
+				close(s.done)
+				// Let a waiting goroutine (a writer back from its fsync)
+				// have this P now rather than at the next preemption,
+				// up to 10 ms away.
+				runtime.Gosched()
 			}
-			c.free <- raw[:0]
-		}
-		c.done <- err
-	}()
+		})
+	}
 	return c
 }
 
-// emit compresses one chunk and writes its record.
-func (c *chunker) emit(raw []byte) error {
-	c.comp = c.enc.EncodeAll(raw, c.comp[:0])
-	if len(c.comp) > maxCompressed(c.chunkSize) {
-		return fmt.Errorf("chunk %d compressed to %d bytes, over the bound", c.index, len(c.comp))
-	}
-	var rec [chunkHdrLen]byte
-	hdr := chunkHdr{c.index, uint32(len(raw)), uint32(len(c.comp)), crc(raw), crc(c.comp)}
-	c.index++
-	if _, err := c.out.Write(hdr.append(rec[:0])); err != nil {
-		return err
-	}
-	_, err := c.out.Write(c.comp)
-	return err
+func (c *chunker) take() *slot {
+	s := c.free[len(c.free)-1]
+	c.free = c.free[:len(c.free)-1]
+	return s
 }
 
-// flush hashes the current (non-empty) buffer and compresses it, here or
-// in the compressor goroutine.
+// cpuSlots bounds the snapshot work (compressing, decompressing, tagging)
+// running at once in this process, Takes and Receives together, to all
+// cores but one: the remaining core is the event loop's and the writers'.
+// Without it, on two cores, two compressors beside a receiver left a
+// Publish a third of a core and queued it behind them at every return
+// from its fsyncs.
+var cpuSlots = make(chan struct{}, max(1, min(runtime.GOMAXPROCS(0), runtime.NumCPU())-1))
+
+func acquireCPU() { cpuSlots <- struct{}{} }
+func releaseCPU() { <-cpuSlots }
+
+// compress fills s.comp and s.rec from s.raw; the index is in s.rec.
+func (c *chunker) compress(s *slot, tg *tagger) {
+	acquireCPU()
+	defer releaseCPU()
+	s.comp = c.enc.EncodeAll(s.raw, s.comp[:0])
+	index := binary.BigEndian.Uint32(s.rec[:])
+	if len(s.comp) > maxCompressed(c.chunkSize) {
+		s.err = fmt.Errorf("chunk %d compressed to %d bytes, over the bound", index, len(s.comp))
+		return
+	}
+	hdr := chunkHdr{index: index, rawLen: uint32(len(s.raw)), compLen: uint32(len(s.comp)), compCRC: crc(s.comp), tag: tg.tag(index, s.raw)}
+	hdr.append(s.rec[:0])
+}
+
+// send writes a finished chunk's record to w; after an error it only
+// drops the chunk.
+func (c *chunker) send(s *slot) {
+	if c.err == nil {
+		c.err = s.err
+	}
+	if c.err != nil {
+		return
+	}
+	c.digest.Write(s.rec[16:chunkHdrLen])
+	if _, err := c.w.Write(s.rec[:]); err != nil {
+		c.err = fmt.Errorf("send chunks: %w", err)
+		return
+	}
+	if _, err := c.w.Write(s.comp); err != nil {
+		c.err = fmt.Errorf("send chunks: %w", err)
+		return
+	}
+	c.sent += chunkHdrLen + int64(len(s.comp))
+}
+
+// sendOldest waits for the oldest pending chunk, sends it and frees its
+// slot.
+func (c *chunker) sendOldest() {
+	s := c.pending[0]
+	c.pending = c.pending[1:]
+	<-s.done
+	c.send(s)
+	c.free = append(c.free, s)
+}
+
+func isDone(s *slot) bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// flush cuts the current (non-empty) buffer as the next chunk.
 func (c *chunker) flush() error {
-	c.h.Write(c.buf)
-	c.size += int64(len(c.buf))
+	s := c.cur
+	binary.BigEndian.PutUint32(s.rec[:], uint32(c.chunks))
+	c.size += int64(len(s.raw))
 	c.chunks++
 	if c.work == nil {
-		if c.err == nil {
-			c.err = c.emit(c.buf)
-		}
-		c.buf = c.buf[:0]
+		c.compress(s, c.tg)
+		c.send(s)
+		s.raw = s.raw[:0]
+		runtime.Gosched() // as in the compressors
 		return c.err
 	}
-	c.work <- c.buf
-	c.buf = <-c.free
-	return nil
+	s.err, s.done = nil, make(chan struct{})
+	c.pending = append(c.pending, s)
+	c.work <- s
+	// Send what is finished, in order, without waiting; wait only when no
+	// slot is free.
+	for len(c.pending) > 0 && isDone(c.pending[0]) {
+		c.sendOldest()
+	}
+	if len(c.free) == 0 {
+		c.sendOldest()
+	}
+	c.cur = c.take()
+	c.cur.raw = c.cur.raw[:0]
+	return c.err
 }
 
 func (c *chunker) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
 		c.yield.Pause()
-		k := min(len(p), c.chunkSize-len(c.buf))
-		c.buf = append(c.buf, p[:k]...)
+		k := min(len(p), c.chunkSize-len(c.cur.raw))
+		c.cur.raw = append(c.cur.raw, p[:k]...)
 		p = p[k:]
-		if len(c.buf) == c.chunkSize {
+		if len(c.cur.raw) == c.chunkSize {
 			if err := c.flush(); err != nil {
 				return n - len(p), err
 			}
@@ -257,10 +311,11 @@ func (c *chunker) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
 	for {
 		c.yield.Pause()
-		n, err := r.Read(c.buf[len(c.buf):c.chunkSize])
-		c.buf = c.buf[:len(c.buf)+n]
+		buf := c.cur.raw
+		n, err := r.Read(buf[len(buf):c.chunkSize])
+		c.cur.raw = buf[:len(buf)+n]
 		total += int64(n)
-		if len(c.buf) == c.chunkSize {
+		if len(c.cur.raw) == c.chunkSize {
 			if ferr := c.flush(); ferr != nil {
 				return total, ferr
 			}
@@ -274,22 +329,36 @@ func (c *chunker) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// close flushes the last partial chunk and waits for the compressor.
+// close flushes the last partial chunk, sends what is pending and stops
+// the workers.
 func (c *chunker) close() error {
 	if c.closed {
 		return nil
 	}
 	c.closed = true
-	var err error
-	if len(c.buf) > 0 {
-		err = c.flush()
+	if len(c.cur.raw) > 0 {
+		_ = c.flush() // the error is in c.err
 	}
-	if c.work == nil {
-		return c.err
+	if c.work != nil {
+		for len(c.pending) > 0 {
+			c.sendOldest()
+		}
+		close(c.work)
+		c.wg.Wait()
 	}
-	close(c.work)
-	return errors.Join(err, <-c.done)
+	return c.err
 }
+
+// stop ends the chunker after a failed copy, sending nothing more.
+func (c *chunker) stop() {
+	if c.err == nil {
+		c.err = errStopped
+	}
+	c.cur.raw = c.cur.raw[:0]
+	_ = c.close()
+}
+
+var errStopped = errors.New("stopped")
 
 var _ io.ReaderFrom = (*chunker)(nil)
 

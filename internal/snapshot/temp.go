@@ -12,7 +12,7 @@ import (
 	"syscall"
 )
 
-// Temp files (the writer's spool and the receiver's staging file) are named
+// Temp files (the receiver's staging file) are named
 // TempPrefix + random hex + TempSuffix and live in the database's directory.
 // While in use each holds a shared flock; one without it is left over from a
 // crash.
