@@ -21,16 +21,20 @@ import (
 // Writing a million entries back costs 12 s (ctnetlink creates are
 // serialised under one mutex, ~80k/s), all of it time in which the standby
 // reports OUT_OF_SYNC. So at a Reset of the conntrack table the writer
-// dumps the kernel's table once and records every entry as stale, with a
-// hash of its value as the kernel holds it (the timeout left out); a Put
-// of the copy whose value hashes the same is then only recorded, not
-// written. Entries the copy does not bring again stay stale and are
-// deleted once the copy is complete (SweepStale) or at promotion: the
-// ACTIVE no longer has them.
+// dumps the kernel's table once and records every entry with a hash of
+// its value as the kernel holds it (the timeout left out); a Put of the
+// copy whose value hashes the same is then only recorded, not written.
 //
-// The standby's own connections (sync channel, management sessions) are
-// never adopted, so never deleted: an entry with one of the unit's own
-// addresses in either tuple is left alone.
+// What the dump found is only ever used to skip a write, never to delete:
+// the entries this sink did not write in this run stay as they are, as
+// before. Deleting what the copy does not bring back would trust the
+// ACTIVE's table to be complete, and it is not always: a unit that took
+// over half-synchronised, or is still dumping its own kernel after a
+// takeover, sends a partial copy — and the entries it lacks are live
+// connections on this unit's kernel (seen in `tandem bench sync`: a false
+// failover during a resync deleted 998k of 1M entries on both units).
+// The unit's own connections (an entry with one of its addresses in
+// either tuple) are not even recorded.
 
 // adoptFilter tells the unit's own entries apart.
 type adoptFilter struct {
@@ -135,7 +139,7 @@ func (k *Sink) adoptKernel() (*keyMap[entryMeta], error) {
 		}
 		return nil, err
 	}
-	k.adopted.Add(uint64(stale.len()))
+	k.nAdopted.Add(uint64(stale.len()))
 	k.log.Info("full copy: reconciling with the kernel's table", "entries", stale.len(), "own", own, "took", time.Since(start))
 	return stale, nil
 }

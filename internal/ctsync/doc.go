@@ -69,9 +69,9 @@
 // A full copy (Reset, then every entry again: a standby's daemon started
 // while its kernel kept the table, a gap in the stream) is reconciled with
 // the kernel in Inject mode (adopt.go): one dump, then only the entries
-// whose value differs are written; entries the copy does not bring back
-// are deleted once it is complete (SweepStale), at promotion at the latest. Entries with one of the unit's own addresses
-// are never adopted, so never deleted.
+// whose value differs are written. What the dump found is never deleted
+// for being absent from the copy (adopt.go says why), and entries with
+// one of the unit's own addresses are not even recorded.
 //
 // # What the kernel does (Linux 6.18), and the choices made here
 //

@@ -180,7 +180,7 @@ type Sink struct {
 	busy     bool
 	job      *promoteJob
 	refresh  []*op              // timeouts still to set after a promotion (loop only, under mu)
-	sweep    bool               // SweepStale asked: delete stale entries once the queue is empty
+	release  bool               // CopyComplete asked: drop the adopted entries
 	held     [2]*keyMap[string] // Hold: key → value
 	pending  [2]*keyMap[pendOp] // Inject: changes not yet written
 	reset    [2]bool            // Inject: a Reset came before the pending changes
@@ -196,16 +196,19 @@ type Sink struct {
 	// kernel yet (a dump lists entries in hash order): retried when more
 	// connections arrive and at promotion, so they keep their relation.
 	orphans *keyMap[string]
-	// copySize is the number of connections stale at the last Reset: how
-	// big the copy that follows is.
-	copySize int
+	// adopted are the kernel's connections found by the dump at the last
+	// Reset (adopt.go), with the hash of their value: a put of the same
+	// value is recorded, not written. Never deleted for being there:
+	// this sink did not write them in this run.
+	adopted     *keyMap[entryMeta]
+	adoptedSize int
 
 	nMeta  [2]atomic.Int64
 	nStale atomic.Int64
 
 	puts, deletes, resets, ignored                               atomic.Uint64
 	created, updated, recreated, deleted, refreshed, failedCount atomic.Uint64
-	adopted, unchanged                                           atomic.Uint64
+	nAdopted, unchanged                                          atomic.Uint64
 	failLog                                                      atomic.Int64
 }
 
@@ -252,6 +255,7 @@ func OpenSink(nsh netns.NsHandle, logger *slog.Logger, opts SinkOptions) (*Sink,
 		k.failed[t] = newKeyMap[string](0)
 	}
 	k.orphans = newKeyMap[string](0)
+	k.adopted = newKeyMap[entryMeta](0)
 	k.work = make(chan func(), len(k.conns))
 	for range k.conns {
 		go func() {
@@ -335,30 +339,31 @@ func (k *Sink) Reset(table string) {
 	k.cond.Broadcast()
 }
 
-// SweepStale deletes, in the background, the entries written or adopted
-// before the last Reset that the copy since has not brought back: call it
-// once the copy is complete (the replication engine is IN_SYNC), so that
-// promotion finds nothing left to delete. Changes queued before the call
-// are written first.
-func (k *Sink) SweepStale() {
+// CopyComplete tells the sink that the full copy since the last Reset is
+// complete (the replication engine is IN_SYNC): the record of the
+// kernel's entries taken to reconcile it (adopt.go) is dropped, and after
+// a big copy the memory it used goes back to the system. Nothing in the
+// kernel changes.
+func (k *Sink) CopyComplete() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.closed || k.opts.Mode != Inject || k.promoted {
+	if k.closed || k.opts.Mode != Inject {
 		return
 	}
-	k.sweep = true
+	k.release = true
 	k.cond.Broadcast()
 }
 
-// bigCopy is the size of a full copy (entries) whose transient memory is
-// handed back to the system once it is complete.
+// bigCopy is the size of a reconciled table (entries) whose transient
+// memory is handed back to the system once the copy is complete.
 const bigCopy = 1 << 16
 
-// releaseStale drops the stale maps once they are empty: a Go map never
-// shrinks, and after a reconciled copy of a million entries the empty map
-// would hold tens of megabytes. After a big copy the memory it used
-// meanwhile (queued changes, the dump) goes back to the system too.
-func (k *Sink) releaseStale(big bool) {
+// dropAdopted forgets the adopted entries the copy did not bring back,
+// and empty stale maps: a Go map never shrinks, and after a reconciled
+// copy of a million entries it would hold tens of megabytes.
+func (k *Sink) dropAdopted() {
+	big := k.adoptedSize > bigCopy
+	k.adopted, k.adoptedSize = newKeyMap[entryMeta](0), 0
 	for t := range 2 {
 		if k.stale[t].len() == 0 {
 			k.stale[t] = newKeyMap[entryMeta](0)
@@ -369,31 +374,13 @@ func (k *Sink) releaseStale(big bool) {
 	}
 }
 
-// staleOps lists the deletion of every stale entry (writer goroutine).
-func (k *Sink) staleOps() []*op {
-	var ops []*op
-	for t := range 2 {
-		k.stale[t].each(func(key []byte, _ entryMeta) bool {
-			if k.failed[t].has(key) || t == tCT && k.orphans.has(key) {
-				return true // replicated again, its write to be retried
-			}
-			ops = append(ops, &op{table: uint8(t), kind: opDel, key: string(key), existing: true, standby: true})
-			return true
-		})
-	}
-	if len(ops) > 0 {
-		k.log.Info("full copy complete: deleting the entries the ACTIVE no longer has", "entries", len(ops))
-	}
-	return ops
-}
-
 // Flush waits until every change queued so far is written (Inject mode,
 // or after promotion), and the timeouts of a promotion are set.
 func (k *Sink) Flush() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	gen := k.enqGen
-	for !k.closed && (k.doneGen < gen || k.busy || k.job != nil || len(k.refresh) > 0 || k.sweep) {
+	for !k.closed && (k.doneGen < gen || k.busy || k.job != nil || len(k.refresh) > 0 || k.release) {
 		k.cond.Wait()
 	}
 	if k.closed {
@@ -429,7 +416,7 @@ func (k *Sink) Stats() SinkStats {
 	st.Puts, st.Deletes, st.Resets, st.Ignored = k.puts.Load(), k.deletes.Load(), k.resets.Load(), k.ignored.Load()
 	st.Created, st.Updated, st.Recreated = k.created.Load(), k.updated.Load(), k.recreated.Load()
 	st.Deleted, st.Refreshed, st.Failed = k.deleted.Load(), k.refreshed.Load(), k.failedCount.Load()
-	st.Adopted, st.Unchanged = k.adopted.Load(), k.unchanged.Load()
+	st.Adopted, st.Unchanged = k.nAdopted.Load(), k.unchanged.Load()
 	return st
 }
 
@@ -506,7 +493,7 @@ func (k *Sink) loop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for {
-		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 && !k.sweep {
+		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 && !k.release {
 			k.cond.Wait()
 		}
 		if k.closed {
@@ -534,16 +521,11 @@ func (k *Sink) loop() {
 			k.cond.Broadcast()
 			continue
 		}
-		if k.job == nil && k.sweep {
-			k.sweep = false
+		if k.job == nil && k.release {
+			k.release = false
 			k.busy = true
 			k.mu.Unlock()
-			big := k.copySize > bigCopy
-			k.copySize = 0
-			ops := k.staleOps()
-			k.apply(context.Background(), ops)
-			k.mergeQueued(ops)
-			k.releaseStale(big)
+			k.dropAdopted()
 			k.mu.Lock()
 			k.busy = false
 			k.cond.Broadcast()
@@ -608,28 +590,24 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 		if !reset[t] {
 			continue
 		}
-		adopted := false
-		if t == tCT && standby && k.opts.Mode == Inject {
-			// The kernel is the truth about what need not be written
-			// again (adopt.go).
-			stale, err := k.adoptKernel()
-			if err == nil {
-				k.stale[t], adopted = stale, true
-			} else {
-				k.log.Warn("full copy: the kernel's table could not be read; every entry is written again", "err", err)
-			}
-		}
-		if !adopted {
-			k.meta[t].each(func(key []byte, m entryMeta) bool {
-				k.stale[t].set(key, m)
-				return true
-			})
-		}
+		k.meta[t].each(func(key []byte, m entryMeta) bool {
+			k.stale[t].set(key, m)
+			return true
+		})
 		k.meta[t] = newKeyMap[entryMeta](0)
 		k.failed[t] = newKeyMap[string](0)
 		if t == tCT {
 			k.orphans = newKeyMap[string](0)
-			k.copySize = k.stale[t].len()
+			k.adopted, k.adoptedSize = newKeyMap[entryMeta](0), 0
+			if standby && k.opts.Mode == Inject {
+				// What the kernel holds need not be written again
+				// (adopt.go).
+				if a, err := k.adoptKernel(); err == nil {
+					k.adopted, k.adoptedSize = a, a.len()
+				} else {
+					k.log.Warn("full copy: the kernel's table could not be read; every entry is written again", "err", err)
+				}
+			}
 		}
 	}
 	if pending[tCT].len() > 0 && k.orphans.len() > 0 {
@@ -660,12 +638,16 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 			if !ok {
 				m, ok = k.stale[t].get(key)
 			}
+			if !ok && t == tCT {
+				m, ok = k.adopted.get(key)
+			}
 			var vh uint32
 			if t == tCT && !p.del {
 				vh = valueHash(bytesOf(p.val))
 				if ok && standby && vh != 0 && m.vh == vh {
 					// The kernel holds this value already: record it.
 					k.stale[t].del(key)
+					k.adopted.del(key)
 					k.failed[t].del(key)
 					k.orphans.del(key)
 					k.meta[t].set(key, entryMeta{timeout: flowTimeout(bytesOf(p.val)), fp: m.fp, vh: vh})
@@ -712,6 +694,9 @@ func (k *Sink) mergeQueued(ops []*op) {
 			if t == tCT {
 				k.orphans.del(key)
 			}
+			if t == tCT {
+				k.adopted.del(key)
+			}
 			if o.stage == stDone {
 				k.meta[t].del(key)
 				k.stale[t].del(key)
@@ -732,6 +717,9 @@ func (k *Sink) mergeQueued(ops []*op) {
 			}
 			k.failed[t].del(key)
 			k.stale[t].del(key)
+			if t == tCT {
+				k.adopted.del(key)
+			}
 			k.meta[t].set(key, entryMeta{timeout: o.repTimeout, fp: o.fp, vh: o.vh})
 		}
 	}
@@ -747,6 +735,7 @@ func (k *Sink) mergeQueued(ops []*op) {
 // seconds (ctnetlink updates are serialised), which must not be outage.
 func (k *Sink) injectPromoteOps() (ops, refresh []*op) {
 	standby := uint32(k.opts.StandbyTimeout / time.Second)
+	k.adopted = newKeyMap[entryMeta](0) // left as they are
 	for t := range 2 {
 		k.stale[t].each(func(key []byte, _ entryMeta) bool {
 			ops = append(ops, &op{table: uint8(t), kind: opDel, key: string(key), existing: true})

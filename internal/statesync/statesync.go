@@ -692,9 +692,7 @@ func (e *Engine) sinkStatus(st repl.SyncStatus) repl.SyncStatus {
 	}
 	if written >= e.settleGen || queued-written <= settleSlack {
 		e.settled = true
-		// The copy is complete: what it did not bring back is gone
-		// from the ACTIVE, and need not wait for a promotion to go.
-		e.store.ct.SweepStale()
+		e.store.ct.CopyComplete() // its reconciliation record can go
 		return st
 	}
 	return repl.SyncOutOfSync
