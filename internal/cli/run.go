@@ -70,6 +70,15 @@ func runDaemon(ctx context.Context, cfg *config.Config, key []byte, logger *slog
 	if err := sched.SetRealtime(cfg.Node.RealtimePriority); err != nil {
 		logger.Warn("running without realtime priority", "err", err)
 	}
+	if p := cfg.Node.RealtimePriority; p > 0 && cfg.Node.RealtimeSoftirq {
+		// Below the daemon's own threads, above every normal process.
+		n, err := sched.BoostSoftirq(max(p-1, 1))
+		if err != nil {
+			logger.Warn("softirq threads left at their priority", "err", err)
+		} else if n > 0 {
+			logger.Info("softirq threads (ksoftirqd) now run SCHED_FIFO, system-wide; node.realtime_softirq: false leaves them", "threads", n, "priority", max(p-1, 1))
+		}
+	}
 	// Threads the runtime starts while SetRealtime walks the list may be
 	// missed (BENCHMARKS.md, finding 3): apply it again now and then.
 	go func() {

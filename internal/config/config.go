@@ -101,6 +101,13 @@ type Node struct {
 	// with other work (keepalived does the same); bulk sync work yields the
 	// CPU every 0.5 ms (internal/sched). 0 turns it off. Default 50.
 	RealtimePriority int `yaml:"realtime_priority"`
+	// RealtimeSoftirq also runs the kernel's softirq threads (ksoftirqd,
+	// which deliver packets when the kernel defers them) under SCHED_FIFO
+	// one below RealtimePriority, so heartbeats are not left waiting behind
+	// busy processes (internal/sched.BoostSoftirq). System-wide, and it
+	// stays after the daemon exits. Default true; off when
+	// RealtimePriority is 0.
+	RealtimeSoftirq bool `yaml:"realtime_softirq"`
 }
 
 // HALink is the dedicated heartbeat link between the two units.
@@ -176,7 +183,7 @@ func Default() Config {
 			AnnounceCount:     3,
 			AnnounceInterval:  Duration{10 * time.Millisecond},
 		},
-		Node: Node{RealtimePriority: 50},
+		Node: Node{RealtimePriority: 50, RealtimeSoftirq: true},
 		Sync: Sync{Enabled: true, Conntrack: true, ConntrackMode: "inject",
 			OutOfSyncAfter: Duration{time.Second}},
 		ConfigSync: ConfigSync{SnapshotInterval: Duration{3 * time.Minute}},

@@ -66,7 +66,7 @@ func paths(p Problems) []string {
 func wantV4() *Config {
 	return &Config{
 		Cluster: Cluster{ID: 7, AuthKeyFile: "/etc/tandem/cluster.key", Preempt: true, PreemptDelay: ms(10000)},
-		Node:    Node{Name: "fw-a", Role: RolePrimary, Priority: 200, RealtimePriority: 50},
+		Node:    Node{Name: "fw-a", Role: RolePrimary, Priority: 200, RealtimePriority: 50, RealtimeSoftirq: true},
 		HALink: HALink{
 			Interface:         "ha0",
 			PrimaryAddress:    pfx("169.254.77.1/30"),
@@ -106,7 +106,7 @@ func wantV6() *Config {
 	c := Default()
 	c.Cluster.ID = 42
 	c.Cluster.AuthKeyFile = "cluster.key"
-	c.Node = Node{Name: "fw-b", Role: RoleSecondary, Priority: 100, RealtimePriority: 50}
+	c.Node = Node{Name: "fw-b", Role: RoleSecondary, Priority: 100, RealtimePriority: 50, RealtimeSoftirq: true}
 	c.HALink.Interface = "ha0"
 	c.HALink.PrimaryAddress = pfx("fe80::77:1/64")
 	c.HALink.SecondaryAddress = pfx("fe80::77:2/64")
@@ -465,7 +465,7 @@ func TestParseEmpty(t *testing.T) {
 func TestDefault(t *testing.T) {
 	want := Config{
 		Cluster: Cluster{Preempt: true, PreemptDelay: ms(10000)},
-		Node:    Node{RealtimePriority: 50},
+		Node:    Node{RealtimePriority: 50, RealtimeSoftirq: true},
 		HALink: HALink{Port: 7480, HeartbeatInterval: ms(100), DeadInterval: ms(300),
 			LinkHolddown: ms(2000), AnnounceCount: 3, AnnounceInterval: ms(10)},
 		Control:    Control{Socket: "/run/tandem/tandem.sock"},

@@ -634,17 +634,21 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 	unchanged := 0
 	for t := range 2 {
 		pending[t].each(func(key []byte, p pendOp) bool {
+			// Written since the Reset, or seen in the kernel by its dump:
+			// known to be there. Stale (written before the Reset): only
+			// believed to be.
 			m, ok := k.meta[t].get(key)
-			if !ok {
-				m, ok = k.stale[t].get(key)
-			}
 			if !ok && t == tCT {
 				m, ok = k.adopted.get(key)
+			}
+			known := ok
+			if !ok {
+				m, ok = k.stale[t].get(key)
 			}
 			var vh uint32
 			if t == tCT && !p.del {
 				vh = valueHash(bytesOf(p.val))
-				if ok && standby && vh != 0 && m.vh == vh {
+				if known && standby && vh != 0 && m.vh == vh {
 					// The kernel holds this value already: record it.
 					k.stale[t].del(key)
 					k.adopted.del(key)

@@ -127,6 +127,7 @@ type Daemon struct {
 	// graceUntil holds Ticks back after this loop was itself stalled
 	// (see stalled).
 	graceUntil time.Time
+	steal      stealMeter
 
 	cfgDiffSince time.Time // when the units' config heads started to differ (zero: they agree)
 
@@ -243,6 +244,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer func() { stopRx(); <-rxDone }()
 
 	now := time.Now()
+	d.steal = stealMeter{read: readSteal, interval: d.cfg.HALink.DeadInterval.Duration}
 	d.m = ha.New(d.machineConfig(), now)
 	d.log.Info("starting", "role", d.role, "priority", d.cfg.EffectivePriority(), "paths", len(d.paths),
 		"heartbeat_interval", d.cfg.HALink.HeartbeatInterval.Duration, "dead_interval", d.cfg.HALink.DeadInterval.Duration,
@@ -374,16 +376,26 @@ func (d *Daemon) stalled(now time.Time) bool {
 	}
 	hb := d.cfg.HALink.HeartbeatInterval.Duration
 	late := now.Sub(d.next)
-	if d.next.IsZero() || late <= max(hb/2, time.Millisecond) || !d.graceUntil.Before(d.next) {
+	if d.next.IsZero() || !d.graceUntil.Before(d.next) {
 		return false
 	}
-	d.log.Info("event loop stalled; reading the peer's heartbeats before judging its deadline", "late", late.Round(time.Microsecond))
+	switch stolen := d.steal.since(); {
+	case late > max(hb/2, time.Millisecond):
+		d.log.Info("event loop stalled; reading the peer's heartbeats before judging its deadline", "late", late.Round(time.Microsecond))
+	case stolen >= d.cfg.HALink.DeadInterval.Duration:
+		// See steal.go: the host did not let this machine (and maybe
+		// the peer, beside it) run.
+		d.log.Info("the hypervisor held this machine's CPUs; reading the peer's heartbeats before judging its deadline", "stolen", stolen)
+	default:
+		return false
+	}
 	d.graceUntil = now.Add(hb)
 	d.next = d.graceUntil
 	return true
 }
 
 func (d *Daemon) send() {
+	d.steal.sample(time.Now())
 	a := d.m.Advert()
 	d.seq++
 	var cfgRev uint64
