@@ -25,6 +25,9 @@
 // Go runtime's Ps, SetRealtime also raises GOMAXPROCS by BulkReserve so the
 // HA goroutines find a free P.
 //
+// BoostSoftirq puts the kernel's ksoftirqd threads, which deliver packets
+// when the kernel defers them, just below the daemon (softirq.go).
+//
 // What it must never do: give threads of this process different
 // priorities, or decide anything about HA state.
 package sched
