@@ -367,7 +367,7 @@ func (d *Daemon) apply(now time.Time, r ha.Result) {
 // tandem at the fast profile's 15 ms dead interval, with both units
 // declaring the other dead within a few ms of the thaw. The machine still
 // decides; this only makes sure it hears first what arrived. A peer that
-// is really dead is declared so one heartbeat interval later, and only
+// is really dead is declared so one dead interval later, and only
 // after a stall of this unit.
 func (d *Daemon) stalled(now time.Time) bool {
 	if now.Before(d.graceUntil) {
@@ -389,7 +389,10 @@ func (d *Daemon) stalled(now time.Time) bool {
 	default:
 		return false
 	}
-	d.graceUntil = now.Add(hb)
+	// The peer gets a whole dead interval to be heard again, as if the
+	// listening had only started now: after a freeze of the machine the
+	// peer thaws a few ms after this unit, or later.
+	d.graceUntil = now.Add(d.cfg.HALink.DeadInterval.Duration)
 	d.next = d.graceUntil
 	return true
 }

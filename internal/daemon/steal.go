@@ -13,7 +13,7 @@ import (
 // one it could not hear, nor could a peer on a CPU the host took away send
 // — on the lab's VM, 17% of CPU time is stolen, in pauses long enough to
 // silence a unit for more than the fast profile's 15 ms dead interval.
-// stalled (daemon.go) therefore gives the peer one more heartbeat interval
+// stalled (daemon.go) therefore gives the peer one more dead interval
 // when at least a dead interval's worth of CPU time was stolen since the
 // last sample.
 

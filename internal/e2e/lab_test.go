@@ -280,9 +280,12 @@ func TestLabSIGKILLNewActiveKeepsWinning(t *testing.T) {
 
 // TestLabHALinkCutNoSplitBrain: the HA link is cut while LAN and WAN stay
 // up. The standby still hears the ACTIVE on the watched paths: never two
-// ACTIVE units, no failover.
+// ACTIVE units, no failover. The default profile (dead interval 150 ms):
+// what is tested is the paths, not the timing, and this VM's host steals
+// its CPUs for up to 40 ms at times (BENCHMARKS.md, finding 13), which is
+// a false failover at the fast profile's 15 ms whatever the link state.
 func TestLabHALinkCutNoSplitBrain(t *testing.T) {
-	l := newLab(t, "fast")
+	l := newLab(t, "default")
 	if err := l.SetLink("fw-a", "ha0", false); err != nil {
 		t.Fatal(err)
 	}

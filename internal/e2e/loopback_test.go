@@ -40,7 +40,7 @@ func newPair(t testing.TB, hb, dead, preemptDelay time.Duration) *pair {
 	}
 	for _, n := range []struct{ name, role string }{{"fw-a", "primary"}, {"fw-b", "secondary"}} {
 		cfg := fmt.Sprintf(`cluster: {id: 7, auth_key_file: cluster.key, preempt: true, preempt_delay: %s}
-node: {name: %s, role: %s}
+node: {name: %s, role: %s, realtime_softirq: false}
 ha_link: {interface: lo, primary_address: 127.0.0.1/8, secondary_address: 127.0.0.2/8, port: %d, heartbeat_interval: %s, dead_interval: %s}
 control: {socket: %s}
 state_dir: %s
