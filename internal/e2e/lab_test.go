@@ -27,6 +27,10 @@ type testLab struct {
 	*lab.Lab
 	t    *testing.T
 	opts lab.Options
+	// histA, histB: the units' transitions once the lab was up (fw-a
+	// ACTIVE, fw-b STANDBY); a start-up race settled by preemption is
+	// part of coming up, not a move during the test (requireUnmoved).
+	histA, histB int
 }
 
 func newLab(t *testing.T, profile string) *testLab {
@@ -62,6 +66,12 @@ func newLabOpts(t *testing.T, profile, extra string) *testLab {
 		}
 	})
 	tl.waitStates(10*time.Second, "ACTIVE", "STANDBY")
+	a, errA := status(t, tl.socket("fw-a"))
+	b2, errB := status(t, tl.socket("fw-b"))
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
+	tl.histA, tl.histB = len(a.History), len(b2.History)
 	return tl
 }
 
