@@ -650,11 +650,7 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 				vh = valueHash(bytesOf(p.val))
 				if known && standby && vh != 0 && m.vh == vh {
 					// The kernel holds this value already: record it.
-					k.stale[t].del(key)
-					k.adopted.del(key)
-					k.failed[t].del(key)
-					k.orphans.del(key)
-					k.meta[t].set(key, entryMeta{timeout: flowTimeout(bytesOf(p.val)), fp: m.fp, vh: vh})
+					k.recordInKernel(t, key, entryMeta{timeout: flowTimeout(bytesOf(p.val)), fp: m.fp, vh: vh})
 					unchanged++
 					return true
 				}
@@ -697,8 +693,6 @@ func (k *Sink) mergeQueued(ops []*op) {
 			k.failed[t].del(key)
 			if t == tCT {
 				k.orphans.del(key)
-			}
-			if t == tCT {
 				k.adopted.del(key)
 			}
 			if o.stage == stDone {
@@ -719,15 +713,22 @@ func (k *Sink) mergeQueued(ops []*op) {
 				k.failed[t].set(key, o.val)
 				continue
 			}
-			k.failed[t].del(key)
-			k.stale[t].del(key)
-			if t == tCT {
-				k.adopted.del(key)
-			}
-			k.meta[t].set(key, entryMeta{timeout: o.repTimeout, fp: o.fp, vh: o.vh})
+			k.recordInKernel(int(t), key, entryMeta{timeout: o.repTimeout, fp: o.fp, vh: o.vh})
 		}
 	}
 	k.countMeta()
+}
+
+// recordInKernel notes that the kernel holds key's replicated value: it
+// is neither stale, failed, an orphan nor merely adopted any more.
+func (k *Sink) recordInKernel(t int, key []byte, m entryMeta) {
+	k.failed[t].del(key)
+	k.stale[t].del(key)
+	if t == tCT {
+		k.orphans.del(key)
+		k.adopted.del(key)
+	}
+	k.meta[t].set(key, m)
 }
 
 // injectPromoteOps lists what promotion of an injecting sink has to do:
