@@ -26,7 +26,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/snapshot"
 )
 
-func configStatus(t *testing.T, socket string) (configsync.Status, error) {
+func configStatus(t testing.TB, socket string) (configsync.Status, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -54,7 +54,7 @@ func (p *pair) snapTemps(n string) []string {
 // buildStore writes n documents of size random (incompressible) bytes
 // into a new store at path, before any daemon runs: a database of about
 // n*size bytes. The categories have no hooks in the loopback pair.
-func buildStore(t *testing.T, path string, n, size int) {
+func buildStore(t testing.TB, path string, n, size int) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
