@@ -82,6 +82,11 @@ func View(r configstore.Revision) RevisionView {
 type PublishResult struct {
 	Revision   RevisionView `json:"revision"`
 	ApplyError string       `json:"apply_error,omitempty"`
+	// DurationMs is the time the daemon took from receiving the request
+	// to storing and applying the revision (waiting for the store
+	// included): what a writer is held by this unit, without its own
+	// round trip to the control socket.
+	DurationMs float64 `json:"duration_ms"`
 }
 
 // Document is config.get's answer.
@@ -158,6 +163,7 @@ func (s *Service) Handle(op string, args json.RawMessage, active bool, activeNam
 	if s.closed.Load() {
 		return nil, configstore.ErrClosed
 	}
+	start := time.Now()
 	// Never against a store a snapshot install has closed: wait for it.
 	s.storeMu.RLock()
 	defer s.storeMu.RUnlock()
@@ -173,10 +179,16 @@ func (s *Service) Handle(op string, args json.RawMessage, active bool, activeNam
 			}
 			return nil, &ReadOnlyError{Node: s.node, ActiveName: activeName, ActiveAddr: activeAddr}
 		}
+		write := s.rollback
 		if op == "config.publish" {
-			return s.publish(args)
+			write = s.publish
 		}
-		return s.rollback(args)
+		v, err := write(args)
+		if r, ok := v.(PublishResult); ok {
+			r.DurationMs = float64(time.Since(start).Microseconds()) / 1000
+			v = r
+		}
+		return v, err
 	case "config.get":
 		var a GetArgs
 		if err := decode(args, &a); err != nil {

@@ -158,7 +158,7 @@ func (p *pair) killDuringTransfer(t *testing.T, victim *proc, name string) {
 // hash, the ACTIVE reports the standby Synchronized with a snapshot
 // installed after since, and no snapshot file is left in either
 // directory.
-func (p *pair) converged(t *testing.T, since time.Time, timeout time.Duration) configsync.Status {
+func (p *pair) converged(t testing.TB, since time.Time, timeout time.Duration) configsync.Status {
 	t.Helper()
 	var a, b configsync.Status
 	waitFor(t, timeout, "both units at the same configuration head, the standby Synchronized by a snapshot", func() bool {
