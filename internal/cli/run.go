@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -20,7 +21,7 @@ import (
 )
 
 func newRunCmd() *cobra.Command {
-	var path, level, format string
+	var path, level, format, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run this unit's HA daemon",
@@ -40,12 +41,27 @@ func newRunCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return &exitError{2, fmt.Errorf("--cpuprofile: %w", err)}
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return &exitError{2, fmt.Errorf("--cpuprofile: %w", err)}
+				}
+				defer pprof.StopCPUProfile()
+			}
 			return runDaemon(ctx, cfg, key, logger)
 		},
 	}
 	cmd.Flags().StringVar(&path, "config", config.DefaultPath, "configuration file")
 	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().StringVar(&format, "log-format", "text", "text or json")
+	// For whoever chases a latency: written until the daemon stops on
+	// SIGTERM or SIGINT (not on SIGKILL).
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a Go CPU profile of the whole run to this file")
+	_ = cmd.Flags().MarkHidden("cpuprofile")
 	return cmd
 }
 

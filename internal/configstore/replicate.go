@@ -14,14 +14,26 @@ import (
 // STANDBY's head. A rev past the local head gives ErrNotFound: the peer has
 // history this unit lacks, which is a divergence (see Divergent).
 func (s *Store) Since(rev uint64) ([]Revision, [][]byte, error) {
+	return s.SinceBounded(rev, 0)
+}
+
+// SinceBounded is Since stopping once the contents read reach maxBytes
+// (always at least one revision; maxBytes <= 0: no bound), so that
+// catching up a standby that lacks a long history reads it a batch at a
+// time instead of copying all of it into memory in one read transaction.
+func (s *Store) SinceBounded(rev uint64, maxBytes int) ([]Revision, [][]byte, error) {
 	var revs []Revision
 	var contents [][]byte
 	err := s.view(func(tx *bbolt.Tx) error {
 		if err := checkRev(tx, rev); err != nil {
 			return err
 		}
+		size := 0
 		c := tx.Bucket(bRevs).Cursor()
 		for k, v := c.Seek(u64(rev + 1)); k != nil; k, v = c.Next() {
+			if maxBytes > 0 && len(revs) > 0 && size >= maxBytes {
+				break
+			}
 			r, _, err := decodeRev(v)
 			if err != nil {
 				return err
@@ -32,6 +44,7 @@ func (s *Store) Since(rev uint64) ([]Revision, [][]byte, error) {
 					return err
 				}
 			}
+			size += len(content)
 			revs = append(revs, r)
 			contents = append(contents, content)
 		}

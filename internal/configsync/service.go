@@ -14,6 +14,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/config"
 	"github.com/tandem-ha/tandem/internal/configstore"
 	"github.com/tandem-ha/tandem/internal/ha"
+	"github.com/tandem-ha/tandem/internal/sched"
 	"github.com/tandem-ha/tandem/internal/snapshot"
 	"github.com/tandem-ha/tandem/internal/version"
 )
@@ -114,6 +115,10 @@ type Service struct {
 	send     func(...[]byte) error
 	sentUpTo uint64 // ACTIVE: revisions up to this one were queued to the peer
 	lastPush time.Time
+	// pushHeld: the last push stopped on the channel's backpressure; the
+	// next tick (or publish) goes on from sentUpTo.
+	pushHeld bool
+	yield    sched.Yielder // push's, on the Service goroutine
 	partial  *partialRev
 	snap     snapWorker
 

@@ -234,8 +234,8 @@ func (r *storeRef) Rollback(rev uint64, author string, t time.Time) (configstore
 	return r.get().Rollback(rev, author, t)
 }
 func (r *storeRef) SetReadOnly(on bool) { r.get().SetReadOnly(on) }
-func (r *storeRef) Since(rev uint64) ([]configstore.Revision, [][]byte, error) {
-	return r.get().Since(rev)
+func (r *storeRef) SinceBounded(rev uint64, maxBytes int) ([]configstore.Revision, [][]byte, error) {
+	return r.get().SinceBounded(rev, maxBytes)
 }
 
 // Status is this unit's configuration sync status. It waits while a

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/internal/configstore"
+	"github.com/tandem-ha/tandem/internal/sched"
 	"github.com/tandem-ha/tandem/internal/snapshot"
+	"github.com/tandem-ha/tandem/internal/syncchan"
 )
 
 // frameVersion is the version of the frame format below. 2: revisions
@@ -154,6 +156,10 @@ func (s *Service) run() {
 	defer close(s.done)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	// Applying revisions, staging snapshot data and reading history for a
+	// standby are bulk work at the daemon's realtime priority: yield to
+	// the heartbeat path between events (internal/sched).
+	var y sched.Yielder
 	for {
 		select {
 		case <-s.stop:
@@ -162,6 +168,7 @@ func (s *Service) run() {
 			s.periodic()
 		case <-s.signal:
 			for {
+				y.Pause()
 				ev, ok := s.next()
 				if !ok {
 					break
@@ -392,7 +399,11 @@ func (s *Service) syncPeer(peerHead uint64, chain []byte, full bool) {
 	head, _ := s.store.Head()
 	if !full && peerHead <= head {
 		if mine, ok := s.store.HashAt(peerHead); ok && sameBytes(mine[:], chain) {
-			s.sentUpTo = peerHead
+			// What was queued after peerHead is on its way (the channel
+			// is ordered and loses nothing within a session, which
+			// starts again from 0): sending it again would only queue
+			// duplicates; the periodic check covers a refused one.
+			s.sentUpTo = max(s.sentUpTo, peerHead)
 			s.push()
 			return
 		}
@@ -420,37 +431,56 @@ func (s *Service) syncPeer(peerHead uint64, chain []byte, full bool) {
 	}
 }
 
-// push sends the revisions after sentUpTo to the standby.
+// pushBatchBytes bounds the revision contents push reads from the store
+// at a time.
+const pushBatchBytes = 4 << 20
+
+// push sends the revisions after sentUpTo to the standby, a batch at a
+// time, until it is caught up or the channel pushes back. Backpressure is
+// not an error: a standby that lacks a long history (a new unit, or one
+// restarted with an old database) fills the channel's queue, and the rest
+// follows on the next tick or publish. Measured before the batches: an
+// empty standby made the ACTIVE copy its whole 240 MB history into memory
+// again at every publish, and hold publishes for up to 680 ms
+// (BENCHMARKS.md, finding 14).
 func (s *Service) push() {
+	s.pushHeld = false
 	if !s.peerIsStandby() {
 		return
 	}
-	head, _ := s.store.Head()
-	if s.sentUpTo >= head {
-		return
-	}
-	revs, contents, err := s.store.Since(s.sentUpTo)
-	if err != nil {
-		s.recordError("read revisions after %d: %v", s.sentUpTo, err)
-		return
-	}
-	s.lastPush = s.now()
-	for i, r := range revs {
-		var fs []frame
-		c := contents[i]
-		n := max(1, (len(c)+ChunkSize-1)/ChunkSize)
-		w := toWire(r)
-		for k := range n {
-			f := frame{V: frameVersion, Schema: s.schema, Type: tRev, Node: s.node, Active: true, Head: r.Number, Rev: &w, Chunk: k, Chunks: n}
-			f.Content = c[min(k*ChunkSize, len(c)):min((k+1)*ChunkSize, len(c))]
-			fs = append(fs, f)
-		}
-		if err := s.sendFrames(fs...); err != nil {
-			// The periodic check sends them again from the peer's head.
-			s.recordError("send revision %d to the peer: %v", r.Number, err)
+	for {
+		head, _ := s.store.Head()
+		if s.sentUpTo >= head {
 			return
 		}
-		s.sentUpTo = r.Number
+		revs, contents, err := s.store.SinceBounded(s.sentUpTo, pushBatchBytes)
+		if err != nil {
+			s.recordError("read revisions after %d: %v", s.sentUpTo, err)
+			return
+		}
+		s.lastPush = s.now()
+		for i, r := range revs {
+			s.yield.Pause()
+			var fs []frame
+			c := contents[i]
+			n := max(1, (len(c)+ChunkSize-1)/ChunkSize)
+			w := toWire(r)
+			for k := range n {
+				f := frame{V: frameVersion, Schema: s.schema, Type: tRev, Node: s.node, Active: true, Head: r.Number, Rev: &w, Chunk: k, Chunks: n}
+				f.Content = c[min(k*ChunkSize, len(c)):min((k+1)*ChunkSize, len(c))]
+				fs = append(fs, f)
+			}
+			if err := s.sendFrames(fs...); err != nil {
+				if errors.Is(err, syncchan.ErrBackpressure) {
+					s.pushHeld = true
+					return
+				}
+				// The periodic check sends them again from the peer's head.
+				s.recordError("send revision %d to the peer: %v", r.Number, err)
+				return
+			}
+			s.sentUpTo = r.Number
+		}
 	}
 }
 
@@ -487,7 +517,10 @@ func (s *Service) periodic() {
 	s.mu.Lock()
 	peerHead := s.st.peerHead
 	s.mu.Unlock()
-	if peerHead < head && s.now().Sub(s.lastPush) > 3*time.Second {
+	switch {
+	case s.pushHeld:
+		s.push()
+	case peerHead < head && s.now().Sub(s.lastPush) > 3*time.Second:
 		s.sentUpTo = peerHead
 		s.push()
 	}

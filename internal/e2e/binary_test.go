@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,7 +51,14 @@ func startDaemon(t testing.TB, config, log string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(tandemBin, "run", "--config", config, "--log-level", "debug")
+	args := []string{"run", "--config", config, "--log-level", "debug"}
+	// TANDEM_E2E_CPUPROFILE=dir: each daemon writes a CPU profile there,
+	// and is stopped with SIGTERM so that the profile is complete.
+	profDir := os.Getenv("TANDEM_E2E_CPUPROFILE")
+	if profDir != "" {
+		args = append(args, "--cpuprofile", filepath.Join(profDir, fmt.Sprintf("%s-%d.cpu", filepath.Base(config), time.Now().UnixNano())))
+	}
+	cmd := exec.Command(tandemBin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -60,6 +68,13 @@ func startDaemon(t testing.TB, config, log string) *proc {
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
+		if profDir != "" {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+			}
+		}
 		_ = cmd.Process.Kill()
 		<-done
 		if t.Failed() {

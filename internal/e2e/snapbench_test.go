@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -75,7 +76,7 @@ func BenchmarkLoopbackSnapshot200MB(b *testing.B) {
 			}
 		}
 	}
-	p.start(b, "fw-a")
+	procA := p.start(b, "fw-a")
 	waitFor(b, 10*time.Second, "fw-a ACTIVE alone", func() bool { return p.state(b, "fw-a") == "ACTIVE" })
 	lastSnapshot := func() *configsync.SnapshotView {
 		st, err := configStatus(b, p.socket("fw-a"))
@@ -87,7 +88,7 @@ func BenchmarkLoopbackSnapshot200MB(b *testing.B) {
 
 	b.ResetTimer()
 	start := time.Now()
-	p.start(b, "fw-b")
+	procB := p.start(b, "fw-b")
 	first := p.converged(b, start, 120*time.Second).Peers[0].LastSnapshot
 	synced := time.Since(start)
 	b.StopTimer()
@@ -137,6 +138,18 @@ func BenchmarkLoopbackSnapshot200MB(b *testing.B) {
 	b.ReportMetric(q(alone, 1), "client-alone-max-ms")
 	b.ReportMetric(q(during, 1), "client-during-max-ms")
 	b.Logf("forced snapshot: %+v; %d publishes during its %.2f s, %d alone", *snap, len(during), snap.DurationMs/1000, len(alone))
+	// A publish held for long: what both daemons logged around it.
+	for _, c := range w.calls() {
+		if c.server < 50*time.Millisecond {
+			continue
+		}
+		b.Logf("publish at %s took %v (daemon: %v); logged meanwhile:", c.at.UTC().Format("15:04:05.000"), c.lat, c.server)
+		for _, pr := range []*proc{procA, procB} {
+			for _, line := range logLinesBetween(pr.log, c.at.Add(-100*time.Millisecond), c.at.Add(c.lat)) {
+				b.Logf("  %s: %s", filepath.Base(pr.log), line)
+			}
+		}
+	}
 }
 
 // writer publishes a 100 KB document on a unit every interval through its
@@ -195,6 +208,27 @@ func (w *writer) stop() *writer {
 	}
 	w.wg.Wait()
 	return w
+}
+
+// logLinesBetween returns the lines of a daemon's text log whose time=
+// lies in [from, to].
+func logLinesBetween(path string, from, to time.Time) []string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		ts, _, ok := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		if !ok || !strings.HasPrefix(line, "time=") {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if err == nil && !at.Before(from) && !at.After(to) {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 func (w *writer) calls() []writerCall {

@@ -74,6 +74,15 @@ func buildStore(t testing.TB, path string, n, size int) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// Written without fsync for speed: flush it now, or the daemon's first
+	// commit would wait for the whole file to reach the disk.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		t.Fatal(err)
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
