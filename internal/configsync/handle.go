@@ -156,6 +156,10 @@ func decode(args json.RawMessage, v any) error {
 	return nil
 }
 
+// slowWrite is the publish or rollback time above which Handle logs where
+// the time went: the store lock (a snapshot install) or the commit itself.
+const slowWrite = 50 * time.Millisecond
+
 // Handle answers one control request. active says whether this unit is the
 // ACTIVE now, activeName and activeAddr which unit is (for the refusal
 // message on the STANDBY; empty when not known).
@@ -183,10 +187,16 @@ func (s *Service) Handle(op string, args json.RawMessage, active bool, activeNam
 		if op == "config.publish" {
 			write = s.publish
 		}
+		locked := time.Now()
 		v, err := write(args)
 		if r, ok := v.(PublishResult); ok {
-			r.DurationMs = float64(time.Since(start).Microseconds()) / 1000
+			took := time.Since(start)
+			r.DurationMs = float64(took.Microseconds()) / 1000
 			v = r
+			if took > slowWrite {
+				s.log.Info("config sync: slow write", "op", op, "revision", r.Revision.Number, "took", took.Round(time.Microsecond),
+					"store_lock_wait", locked.Sub(start).Round(time.Microsecond), "commit_and_apply", time.Since(locked).Round(time.Microsecond))
+			}
 		}
 		return v, err
 	case "config.get":
