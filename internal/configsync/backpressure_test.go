@@ -13,9 +13,10 @@ import (
 // caught up through a channel that pushes back (its send queue full, as
 // syncchan says with ErrBackpressure). The ACTIVE stops at the
 // backpressure without calling it an error, goes on from where it stopped
-// once the channel takes frames again, sends every revision exactly once,
-// and a head the standby reports meanwhile never makes it send again what
-// is already on its way. (Before: each stop was recorded as an error, and
+// once the channel takes frames again, sends no revision twice, and a
+// head the standby reports meanwhile (after the snapshot the ACTIVE sends
+// a connecting standby) never makes it send again what is already on its
+// way. (Before: each stop was recorded as an error, and
 // every later publish read the whole missing history into memory again.)
 func TestCatchUpUnderBackpressure(t *testing.T) {
 	a := open(t, "fw-a", nil, 0)
@@ -102,9 +103,14 @@ func TestCatchUpUnderBackpressure(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	if sent[1] != 1 {
+		t.Errorf("revision 1 sent %d times, want once: the catch-up did not start with the revisions", sent[1])
+	}
+	// The rest arrives as revisions or, once the standby has installed
+	// the snapshot the ACTIVE sends a connecting standby, not at all.
 	for n := uint64(1); n <= revs; n++ {
-		if sent[n] != 1 {
-			t.Errorf("revision %d sent %d times, want once", n, sent[n])
+		if sent[n] > 1 {
+			t.Errorf("revision %d sent %d times, want at most once", n, sent[n])
 		}
 	}
 }
