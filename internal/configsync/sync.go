@@ -443,10 +443,10 @@ const pushBatchBytes = 4 << 20
 // time, until it is caught up or the channel pushes back. Backpressure is
 // not an error: a standby that lacks a long history (a new unit, or one
 // restarted with an old database) fills the channel's queue, and the rest
-// follows at the standby's next acknowledgement, tick or publish. Measured before the batches: an
-// empty standby made the ACTIVE copy its whole 240 MB history into memory
-// again at every publish, and hold publishes for up to 680 ms
-// (BENCHMARKS.md, finding 14).
+// follows at the standby's next acknowledgement, tick or publish.
+// Measured before the batches: an empty standby made the ACTIVE copy its
+// whole 240 MB history into memory again at every publish, and hold
+// publishes for up to 680 ms (BENCHMARKS.md, finding 14).
 func (s *Service) push() {
 	s.pushHeld = false
 	if !s.peerIsStandby() {
