@@ -423,10 +423,14 @@ func encodeRev(r Revision, chain [32]byte) []byte {
 	return append(chain[:], revCore(r)...)
 }
 
+// errCorruptRev is built once: decodeRev runs for every revision read,
+// thousands of times a second while a standby catches up.
+var errCorruptRev = fmt.Errorf("%w: corrupt revision record", ErrInvalid)
+
 func decodeRev(b []byte) (Revision, [32]byte, error) {
 	var r Revision
 	var chain [32]byte
-	bad := fmt.Errorf("%w: corrupt revision record", ErrInvalid)
+	bad := errCorruptRev
 	if len(b) < 32+1+8+8+32+1 || b[32] != 1 {
 		return r, chain, bad
 	}
@@ -826,6 +830,25 @@ func docAt(tx *bbolt.Tx, category, name string, n uint64) (Revision, []byte, err
 	}
 	content, err := loadBlob(tx, r.Hash)
 	return r, content, err
+}
+
+// ApplyErrors returns the apply failures of the documents' current
+// revisions, in document order — List's ApplyError fields, without
+// reading every document: a standby asks after each replicated revision,
+// and List of a database of thousands of documents is milliseconds of
+// allocation each time (BENCHMARKS.md, finding 18).
+func (s *Store) ApplyErrors() ([]string, error) {
+	var out []string
+	err := s.view(func(tx *bbolt.Tx) error {
+		docs := tx.Bucket(bDocs)
+		return tx.Bucket(bApplyErr).ForEach(func(k, e []byte) error {
+			if v := docs.Get(k); v != nil && len(e) >= 8 && binary.BigEndian.Uint64(e) == decodeDoc(v).rev {
+				out = append(out, string(e[8:]))
+			}
+			return nil
+		})
+	})
+	return out, err
 }
 
 func currentDocs(tx *bbolt.Tx) ([]DocInfo, error) {

@@ -320,6 +320,9 @@ func TestApplyFailureRecorded(t *testing.T) {
 	if len(list) != 1 || !strings.Contains(list[0].ApplyError, "No such device") {
 		t.Errorf("List = %+v, want ApplyError recorded", list)
 	}
+	if errs, err := s.ApplyErrors(); err != nil || len(errs) != 1 || errs[0] != list[0].ApplyError {
+		t.Errorf("ApplyErrors = %q, %v; want List's %q", errs, err, list[0].ApplyError)
+	}
 	audit, _ := s.Audit(0)
 	if len(audit) != 2 || audit[0].Action != AuditApplyFailed || audit[0].Revision != 1 || !strings.Contains(audit[0].Error, "No such device") {
 		t.Errorf("Audit = %+v, want publish then apply-failed", audit)
@@ -330,6 +333,9 @@ func TestApplyFailureRecorded(t *testing.T) {
 	list, _ = s.List()
 	if list[0].ApplyError != "" {
 		t.Errorf("ApplyError = %q after a successful apply", list[0].ApplyError)
+	}
+	if errs, err := s.ApplyErrors(); err != nil || len(errs) != 0 {
+		t.Errorf("ApplyErrors = %q, %v after a successful apply; want none", errs, err)
 	}
 }
 

@@ -294,17 +294,11 @@ func (s *Service) recordError(format string, args ...any) {
 
 // applyErrors lists the current documents whose last apply failed.
 func (s *Service) applyErrors() []string {
-	docs, err := s.store.List()
+	errs, err := s.store.ApplyErrors()
 	if err != nil {
-		return []string{"list documents: " + err.Error()}
+		return []string{"read apply errors: " + err.Error()}
 	}
-	var out []string
-	for _, d := range docs {
-		if d.ApplyError != "" {
-			out = append(out, d.ApplyError)
-		}
-	}
-	return out
+	return errs
 }
 
 func (s *Service) chainAt(rev uint64) [32]byte {

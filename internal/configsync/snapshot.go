@@ -227,6 +227,7 @@ func (r *storeRef) HashAt(rev uint64) ([32]byte, bool)                { return r
 func (r *storeRef) Head() (uint64, [32]byte)                          { return r.get().Head() }
 func (r *storeRef) History(limit int) ([]configstore.Revision, error) { return r.get().History(limit) }
 func (r *storeRef) List() ([]configstore.DocInfo, error)              { return r.get().List() }
+func (r *storeRef) ApplyErrors() ([]string, error)                    { return r.get().ApplyErrors() }
 func (r *storeRef) Publish(p configstore.Publish) (configstore.Revision, error) {
 	return r.get().Publish(p)
 }
