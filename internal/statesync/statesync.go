@@ -578,11 +578,7 @@ func b2byte(b bool) byte {
 // reads the loop's state, and frames for an ended session are refused.
 func (e *Engine) extraSender(session uint64) func(...[]byte) error {
 	return func(frames ...[]byte) error {
-		out := make([][]byte, len(frames))
-		for i, f := range frames {
-			out[i] = append([]byte{KindExtra}, f...)
-		}
-		return e.link.SendOn(session, out...)
+		return e.link.SendOnTagged(session, KindExtra, frames...)
 	}
 }
 

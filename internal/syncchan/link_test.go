@@ -125,9 +125,20 @@ func TestSendErrors(t *testing.T) {
 	if err := p.l.SendOn(up[0].Session+1, []byte("other")); !errors.Is(err, ErrNotConnected) {
 		t.Errorf("SendOn another session: %v; want ErrNotConnected", err)
 	}
-	got := s.recv(2, 5*time.Second)
-	if len(got[0]) != 1000 || string(got[1]) != "on" {
-		t.Errorf("received %d and %q", len(got[0]), got[1])
+	// A tagged frame is the tag and the frame, and counts both against
+	// MaxFrame.
+	if err := p.l.SendOnTagged(up[0].Session, 'X', make([]byte, 1000)); !errors.Is(err, ErrFrameTooLarge) || !strings.Contains(err.Error(), "1001") {
+		t.Errorf("SendOnTagged of 1+1000 bytes over MaxFrame 1000: %v; want ErrFrameTooLarge naming 1001", err)
+	}
+	if err := p.l.SendOnTagged(up[0].Session, 'X', []byte("tagged"), []byte("two")); err != nil {
+		t.Errorf("SendOnTagged the current session: %v", err)
+	}
+	if err := p.l.SendOnTagged(up[0].Session+1, 'X', []byte("other")); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("SendOnTagged another session: %v; want ErrNotConnected", err)
+	}
+	got := s.recv(4, 5*time.Second)
+	if len(got[0]) != 1000 || string(got[1]) != "on" || string(got[2]) != "Xtagged" || string(got[3]) != "Xtwo" {
+		t.Errorf("received %d, %q, %q and %q", len(got[0]), got[1], got[2], got[3])
 	}
 }
 

@@ -116,14 +116,15 @@ func (s *session) finish() error {
 }
 
 // enqueue appends frames to the send queue, all or none.
-func (s *session) enqueue(frames [][]byte) error {
+func (s *session) enqueue(tag []byte, frames [][]byte) error {
 	total, payload := 0, 0
 	for _, f := range frames {
-		if len(f) > s.sendMax {
-			return fmt.Errorf("%w: a frame of %d bytes, the maximum is %d", ErrFrameTooLarge, len(f), s.sendMax)
+		n := len(tag) + len(f)
+		if n > s.sendMax {
+			return fmt.Errorf("%w: a frame of %d bytes, the maximum is %d", ErrFrameTooLarge, n, s.sendMax)
 		}
-		total += headerSize + len(f)
-		payload += len(f)
+		total += headerSize + n
+		payload += n
 	}
 	limit := s.l.cfg.QueueBytes
 	if total > limit {
@@ -139,7 +140,7 @@ func (s *session) enqueue(frames [][]byte) error {
 		return ErrBackpressure
 	}
 	for _, f := range frames {
-		s.pending = append(appendHeader(s.pending, ftData, len(f)), f...)
+		s.pending = append(append(appendHeader(s.pending, ftData, len(tag)+len(f)), tag...), f...)
 	}
 	s.queued += total
 	s.pendFrames += len(frames)
