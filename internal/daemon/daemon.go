@@ -117,6 +117,7 @@ type Daemon struct {
 	start    time.Time
 	seq      uint64
 	lastSend time.Time // when send last ran, to report a held loop
+	heldAt   time.Time // when a held loop last sent again (noteSend)
 
 	m       *ha.Machine
 	tr      *heartbeat.Transport
@@ -369,7 +370,10 @@ func (d *Daemon) apply(now time.Time, r ha.Result) {
 // declaring the other dead within a few ms of the thaw. The machine still
 // decides; this only makes sure it hears first what arrived. A peer that
 // is really dead is declared so one dead interval later, and only
-// after a stall of this unit.
+// after a stall of this unit. A stall is a deadline fired late, a
+// heartbeat of this unit overdue or sent late within the last dead
+// interval (noteSend: a hold can end just before a deadline that then
+// fires on time), or a dead interval of CPU time stolen by the host.
 func (d *Daemon) stalled(now time.Time) bool {
 	if now.Before(d.graceUntil) {
 		d.next = d.graceUntil
@@ -380,10 +384,16 @@ func (d *Daemon) stalled(now time.Time) bool {
 	if d.next.IsZero() || !d.graceUntil.Before(d.next) {
 		return false
 	}
+	dead := d.cfg.HALink.DeadInterval.Duration
 	switch stolen := d.steal.since(); {
 	case late > max(hb/2, time.Millisecond):
 		d.log.Info("event loop stalled; reading the peer's heartbeats before judging its deadline", "late", late.Round(time.Microsecond))
-	case stolen >= d.cfg.HALink.DeadInterval.Duration:
+	case !d.lastSend.IsZero() && now.Sub(d.lastSend) > hb+d.sendSlack():
+		// A heartbeat is overdue: the loop is being held right now.
+		d.log.Info("event loop held (a heartbeat is overdue); reading the peer's heartbeats before judging its deadline", "since_send", now.Sub(d.lastSend).Round(time.Microsecond))
+	case !d.heldAt.IsZero() && now.Sub(d.heldAt) < dead:
+		d.log.Info("event loop held within the dead interval; reading the peer's heartbeats before judging its deadline", "ago", now.Sub(d.heldAt).Round(time.Microsecond))
+	case stolen >= dead:
 		// See steal.go: the host did not let this machine (and maybe
 		// the peer, beside it) run.
 		d.log.Info("the hypervisor held this machine's CPUs; reading the peer's heartbeats before judging its deadline", "stolen", stolen)
@@ -393,22 +403,39 @@ func (d *Daemon) stalled(now time.Time) bool {
 	// The peer gets a whole dead interval to be heard again, as if the
 	// listening had only started now: after a freeze of the machine the
 	// peer thaws a few ms after this unit, or later.
-	d.graceUntil = now.Add(d.cfg.HALink.DeadInterval.Duration)
+	d.graceUntil = now.Add(dead)
 	d.next = d.graceUntil
 	return true
+}
+
+// sendSlack is how late a heartbeat may go out before this loop counts
+// as held: the same half heartbeat as a late deadline in stalled.
+func (d *Daemon) sendSlack() time.Duration {
+	return max(d.cfg.HALink.HeartbeatInterval.Duration/2, time.Millisecond)
+}
+
+// noteSend records a heartbeat going out at now. A gap of more than
+// heartbeat + sendSlack means this loop was held: stalled then gives the
+// peer a dead interval, as after a late deadline — a hold can end just
+// before a deadline that then fires on time (BENCHMARKS.md, finding 19).
+// A gap the peer cannot wait out is logged: a peer that declares this
+// unit dead while this unit's deadlines all fired on time leaves no other
+// trace here (finding 16).
+func (d *Daemon) noteSend(now time.Time) {
+	hb := d.cfg.HALink.HeartbeatInterval.Duration
+	if gap := now.Sub(d.lastSend); !d.lastSend.IsZero() && gap > hb+d.sendSlack() {
+		d.heldAt = now
+		if gap > hb+d.cfg.HALink.DeadInterval.Duration/2 {
+			d.log.Warn("no heartbeat sent for longer than the peer can wait: this unit's event loop was held", "gap", gap.Round(time.Microsecond))
+		}
+	}
+	d.lastSend = now
 }
 
 func (d *Daemon) send() {
 	now := time.Now()
 	d.steal.sample(now)
-	// A peer that declares this unit dead while this unit's deadlines all
-	// fired on time leaves no trace here unless the sending is watched
-	// too: the loop may have been held while the peer's heartbeats queued
-	// in its socket (BENCHMARKS.md, finding 16).
-	if gap := now.Sub(d.lastSend); !d.lastSend.IsZero() && gap > d.cfg.HALink.HeartbeatInterval.Duration+d.cfg.HALink.DeadInterval.Duration/2 {
-		d.log.Warn("no heartbeat sent for longer than the peer can wait: this unit's event loop was held", "gap", gap.Round(time.Microsecond))
-	}
-	d.lastSend = now
+	d.noteSend(now)
 	a := d.m.Advert()
 	d.seq++
 	var cfgRev uint64
