@@ -430,9 +430,8 @@ var errCorruptRev = fmt.Errorf("%w: corrupt revision record", ErrInvalid)
 func decodeRev(b []byte) (Revision, [32]byte, error) {
 	var r Revision
 	var chain [32]byte
-	bad := errCorruptRev
 	if len(b) < 32+1+8+8+32+1 || b[32] != 1 {
-		return r, chain, bad
+		return r, chain, errCorruptRev
 	}
 	copy(chain[:], b)
 	p := b[33:]
@@ -444,7 +443,7 @@ func decodeRev(b []byte) (Revision, [32]byte, error) {
 	for _, dst := range []*string{&r.Category, &r.Name, &r.Author, &r.Message, &r.Origin} {
 		n, k := binary.Uvarint(p)
 		if k <= 0 || uint64(len(p)-k) < n {
-			return r, chain, bad
+			return r, chain, errCorruptRev
 		}
 		*dst = string(p[k : k+int(n)])
 		p = p[k+int(n):]

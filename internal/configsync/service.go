@@ -116,11 +116,15 @@ type Service struct {
 	sentUpTo uint64 // ACTIVE: revisions up to this one were queued to the peer
 	lastPush time.Time
 	// pushHeld: the last push stopped on the channel's backpressure; the
-	// next tick (or publish) goes on from sentUpTo.
+	// standby's next ack, the next tick or publish goes on from sentUpTo.
 	pushHeld bool
-	yield    sched.Yielder // push's, on the Service goroutine
-	partial  *partialRev
-	snap     snapWorker
+	// yield: applying revisions, staging snapshot data and reading
+	// history for a standby are bulk work at the daemon's realtime
+	// priority; the Service goroutine yields between events and between
+	// revisions it pushes (internal/sched).
+	yield   sched.Yielder
+	partial *partialRev
+	snap    snapWorker
 
 	syncCh chan ha.SyncStatus // SyncChanges
 	peerHA atomic.Bool        // SetPeerActive

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/internal/configstore"
-	"github.com/tandem-ha/tandem/internal/sched"
 	"github.com/tandem-ha/tandem/internal/snapshot"
 	"github.com/tandem-ha/tandem/internal/syncchan"
 )
@@ -156,10 +155,6 @@ func (s *Service) run() {
 	defer close(s.done)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	// Applying revisions, staging snapshot data and reading history for a
-	// standby are bulk work at the daemon's realtime priority: yield to
-	// the heartbeat path between events (internal/sched).
-	var y sched.Yielder
 	for {
 		select {
 		case <-s.stop:
@@ -168,7 +163,7 @@ func (s *Service) run() {
 			s.periodic()
 		case <-s.signal:
 			for {
-				y.Pause()
+				s.yield.Pause()
 				ev, ok := s.next()
 				if !ok {
 					break

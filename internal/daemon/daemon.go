@@ -386,9 +386,9 @@ func (d *Daemon) stalled(now time.Time) bool {
 	}
 	dead := d.cfg.HALink.DeadInterval.Duration
 	switch stolen := d.steal.since(); {
-	case late > max(hb/2, time.Millisecond):
+	case late > d.stallSlack():
 		d.log.Info("event loop stalled; reading the peer's heartbeats before judging its deadline", "late", late.Round(time.Microsecond))
-	case !d.lastSend.IsZero() && now.Sub(d.lastSend) > hb+d.sendSlack():
+	case !d.lastSend.IsZero() && now.Sub(d.lastSend) > hb+d.stallSlack():
 		// A heartbeat is overdue: the loop is being held right now.
 		d.log.Info("event loop held (a heartbeat is overdue); reading the peer's heartbeats before judging its deadline", "since_send", now.Sub(d.lastSend).Round(time.Microsecond))
 	case !d.heldAt.IsZero() && now.Sub(d.heldAt) < dead:
@@ -408,14 +408,14 @@ func (d *Daemon) stalled(now time.Time) bool {
 	return true
 }
 
-// sendSlack is how late a heartbeat may go out before this loop counts
-// as held: the same half heartbeat as a late deadline in stalled.
-func (d *Daemon) sendSlack() time.Duration {
+// stallSlack is how late a deadline may fire, or a heartbeat go out,
+// before this loop counts as stalled: half a heartbeat.
+func (d *Daemon) stallSlack() time.Duration {
 	return max(d.cfg.HALink.HeartbeatInterval.Duration/2, time.Millisecond)
 }
 
 // noteSend records a heartbeat going out at now. A gap of more than
-// heartbeat + sendSlack means this loop was held: stalled then gives the
+// heartbeat + stallSlack means this loop was held: stalled then gives the
 // peer a dead interval, as after a late deadline — a hold can end just
 // before a deadline that then fires on time (BENCHMARKS.md, finding 19).
 // A gap the peer cannot wait out is logged: a peer that declares this
@@ -423,7 +423,7 @@ func (d *Daemon) sendSlack() time.Duration {
 // trace here (finding 16).
 func (d *Daemon) noteSend(now time.Time) {
 	hb := d.cfg.HALink.HeartbeatInterval.Duration
-	if gap := now.Sub(d.lastSend); !d.lastSend.IsZero() && gap > hb+d.sendSlack() {
+	if gap := now.Sub(d.lastSend); !d.lastSend.IsZero() && gap > hb+d.stallSlack() {
 		d.heldAt = now
 		if gap > hb+d.cfg.HALink.DeadInterval.Duration/2 {
 			d.log.Warn("no heartbeat sent for longer than the peer can wait: this unit's event loop was held", "gap", gap.Round(time.Microsecond))

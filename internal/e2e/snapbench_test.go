@@ -130,9 +130,6 @@ func BenchmarkLoopbackSnapshot200MB(b *testing.B) {
 	if len(during) == 0 || len(alone) == 0 {
 		b.Fatalf("publishes during the transfer: %d, alone: %d", len(during), len(alone))
 	}
-	q := func(l []time.Duration, f float64) float64 {
-		return float64(l[min(len(l)-1, int(float64(len(l))*f))]) / float64(time.Millisecond)
-	}
 	b.ReportMetric(float64(first.Size)/(1<<20), "MB")
 	b.ReportMetric(synced.Seconds(), "e2e-s")
 	b.ReportMetric(first.DurationMs/1000, "snapshot-s")
@@ -140,14 +137,14 @@ func BenchmarkLoopbackSnapshot200MB(b *testing.B) {
 	// The daemon's own time is what the snapshot can hold a writer for;
 	// the writer's includes its own process getting a CPU beside two
 	// realtime daemons on this 2-core machine.
-	b.ReportMetric(q(aloneSrv, 0.5), "alone-p50-ms")
-	b.ReportMetric(q(aloneSrv, 1), "alone-max-ms")
-	b.ReportMetric(q(duringSrv, 0.5), "during-p50-ms")
-	b.ReportMetric(q(duringSrv, 0.99), "during-p99-ms")
-	b.ReportMetric(q(duringSrv, 1), "during-max-ms")
-	b.ReportMetric(q(duringSrv, 1)-q(aloneSrv, 1), "blocked-ms")
-	b.ReportMetric(q(alone, 1), "client-alone-max-ms")
-	b.ReportMetric(q(during, 1), "client-during-max-ms")
+	b.ReportMetric(msAt(aloneSrv, 0.5), "alone-p50-ms")
+	b.ReportMetric(msAt(aloneSrv, 1), "alone-max-ms")
+	b.ReportMetric(msAt(duringSrv, 0.5), "during-p50-ms")
+	b.ReportMetric(msAt(duringSrv, 0.99), "during-p99-ms")
+	b.ReportMetric(msAt(duringSrv, 1), "during-max-ms")
+	b.ReportMetric(msAt(duringSrv, 1)-msAt(aloneSrv, 1), "blocked-ms")
+	b.ReportMetric(msAt(alone, 1), "client-alone-max-ms")
+	b.ReportMetric(msAt(during, 1), "client-during-max-ms")
 	b.Logf("forced snapshot: %+v; %d publishes during its %.2f s, %d alone", *snap, len(during), snap.DurationMs/1000, len(alone))
 	if dir := os.Getenv("TANDEM_E2E_KEEP_LOGS"); dir != "" {
 		for _, pr := range []*proc{procA, procB} {
@@ -231,14 +228,13 @@ func startWriter(t testing.TB, socket string, every time.Duration) *writer {
 	return w
 }
 
-func (w *writer) stop() *writer {
+func (w *writer) stop() {
 	select {
 	case <-w.stopCh:
 	default:
 		close(w.stopCh)
 	}
 	w.wg.Wait()
-	return w
 }
 
 // logLinesBetween returns the lines of a daemon's text log whose time=
@@ -250,8 +246,9 @@ func logLinesBetween(path string, from, to time.Time) []string {
 	}
 	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
-		ts, _, ok := strings.Cut(strings.TrimPrefix(line, "time="), " ")
-		if !ok || !strings.HasPrefix(line, "time=") {
+		rest, ok := strings.CutPrefix(line, "time=")
+		ts, _, _ := strings.Cut(rest, " ")
+		if !ok {
 			continue
 		}
 		at, err := time.Parse(time.RFC3339Nano, ts)

@@ -214,7 +214,7 @@ func (l *Link) Run(ctx context.Context) error {
 // (wait on Writable), ErrFrameTooLarge or ErrBatchTooLarge when they never
 // will. Frames still queued when the connection ends are lost (see Down).
 // Safe for concurrent use.
-func (l *Link) Send(frames ...[]byte) error { return l.send(0, frames) }
+func (l *Link) Send(frames ...[]byte) error { return l.sendTagged(0, nil, frames) }
 
 // SendOn is Send restricted to one session (the number of its Up event):
 // it returns ErrNotConnected once that session has ended, even if another
@@ -223,7 +223,7 @@ func (l *Link) SendOn(session uint64, frames ...[]byte) error {
 	if session == 0 {
 		return ErrNotConnected
 	}
-	return l.send(session, frames)
+	return l.sendTagged(session, nil, frames)
 }
 
 // SendOnTagged is SendOn with one byte put before each frame, as if each
@@ -235,10 +235,6 @@ func (l *Link) SendOnTagged(session uint64, tag byte, frames ...[]byte) error {
 		return ErrNotConnected
 	}
 	return l.sendTagged(session, []byte{tag}, frames)
-}
-
-func (l *Link) send(id uint64, frames [][]byte) error {
-	return l.sendTagged(id, nil, frames)
 }
 
 func (l *Link) sendTagged(id uint64, tag []byte, frames [][]byte) error {
