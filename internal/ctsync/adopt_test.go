@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/ti-mo/conntrack"
 )
@@ -184,4 +185,103 @@ func BenchmarkSinkFullCopy(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(len(flows)*b.N), "ns/entry")
+}
+
+// TestSinkAdoptsPublished: the unit was ACTIVE a moment ago and becomes a
+// standby. The full copy from the new ACTIVE is reconciled with the table
+// its own Source last reported, without reading the kernel's table: the
+// entries it reported are not written again, a changed one and one it
+// never reported are. Negative control: a record too old to trust is not
+// used, and the kernel's table is dumped as before.
+func TestSinkAdoptsPublished(t *testing.T) {
+	b := newNS(t, "adoptpub")
+	cb := ctConn(t, b.NsHandle)
+	reported := genFlows(300, 0)
+	createFlows(t, cb, reported)
+
+	src, err := OpenSource(b.NsHandle, testLogger(t), SourceOptions{ResyncInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := newMemStore()
+	ready := make(chan struct{})
+	src.opts.Ready = func() { close(ready) }
+	if src.Published() != nil {
+		t.Fatal("Published before Run: want nil")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, st.apply) }()
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Source never said its initial dump was in")
+	}
+	if n := st.len(TableConntrack); n != len(reported) {
+		t.Fatalf("Ready with %d of %d entries handed over", n, len(reported))
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	pub := src.Published()
+	_ = src.Close()
+	if pub == nil || pub.Len() != len(reported) {
+		t.Fatalf("Published: %v, want %d entries", pub, len(reported))
+	}
+
+	// The copy: what the Source reported, one entry changed, one new.
+	copyOf := func() (keys, vals [][]byte) {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		for k, v := range st.tables[TableConntrack] {
+			keys, vals = append(keys, []byte(k)), append(vals, []byte(v))
+		}
+		return keys, vals
+	}
+	changed := reported[11]
+	changed.Mark = 0x42
+	fresh := genFlows(1, 9000)[0]
+	run := func(p *Published) SinkStats {
+		k, err := OpenSink(b.NsHandle, testLogger(t), SinkOptions{Mode: Inject})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer k.Close()
+		k.AdoptPublished(p)
+		k.Reset(TableConntrack)
+		keys, vals := copyOf()
+		for i := range keys {
+			k.Put(TableConntrack, keys[i], vals[i])
+		}
+		k.Put(TableConntrack, Key(changed), EncodeFlow(nil, changed))
+		k.Put(TableConntrack, Key(fresh), EncodeFlow(nil, fresh))
+		if err := k.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return k.Stats()
+	}
+
+	s := run(pub)
+	t.Logf("with the published record: %+v", s)
+	if s.KernelDumps != 0 {
+		t.Errorf("the kernel's table was read %d times, want 0", s.KernelDumps)
+	}
+	if s.Unchanged != uint64(len(reported)-1) || s.Created+s.Updated+s.Recreated != 2 || s.Failed != 0 {
+		t.Errorf("wrote %d/%d/%d (created/updated/recreated), %d unchanged, %d failed; want 2 written, %d unchanged",
+			s.Created, s.Updated, s.Recreated, s.Unchanged, s.Failed, len(reported)-1)
+	}
+	kernel := dumpFlows(t, cb)
+	if got, ok := kernel[string(Key(changed))]; !ok || got.Mark != 0x42 {
+		t.Errorf("the changed entry is %+v in the kernel, want mark 0x42", got)
+	}
+	if _, ok := kernel[string(Key(fresh))]; !ok {
+		t.Error("the entry the record lacked was not written")
+	}
+
+	// Negative control: too old, so the kernel is read.
+	pub.at = time.Now().Add(-2 * publishedMaxAge)
+	if s := run(pub); s.KernelDumps != 1 {
+		t.Errorf("an old record: the kernel's table was read %d times, want 1 (%+v)", s.KernelDumps, s)
+	}
 }

@@ -33,8 +33,13 @@
 //
 // Run subscribes to the new, update and destroy events of both tables on
 // a socket with a 64 MiB buffer (SO_RCVBUFFORCE), then dumps both tables
-// (a newly ACTIVE unit publishes everything), then reports changes in
-// batches. A reader goroutine moves events from the kernel into a bounded
+// (a newly ACTIVE unit publishes everything; with
+// SourceOptions.DumpOnRequest only when RequestDump says a standby wants a
+// copy, SourceOptions.Ready saying when it is in), then reports changes in
+// batches. When Run has returned, Published hands its record of the
+// connections it reported (key, value hash, NAT fingerprint) to the Sink
+// that follows it on the same unit, which reconciles the next full copy
+// with it instead of dumping the kernel's table (adopt.go). A reader goroutine moves events from the kernel into a bounded
 // queue as fast as they come. An overrun (ENOBUFS from the kernel, or the
 // queue full because out is slow) loses nothing: Run subscribes again on a
 // fresh socket (what is still queued on the old one is older than the loss

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"runtime/debug"
 	"sync"
@@ -129,6 +128,10 @@ type SinkStats struct {
 	// the kernel already held the value.
 	Adopted   uint64
 	Unchanged uint64
+	// KernelDumps counts the reads of the kernel's whole table that
+	// reconciled a full copy (none when this unit's own last published
+	// table was adopted instead: AdoptPublished).
+	KernelDumps uint64
 }
 
 const (
@@ -202,13 +205,17 @@ type Sink struct {
 	// this sink did not write them in this run.
 	adopted     *keyMap[entryMeta]
 	adoptedSize int
+	// published, under mu: this unit's own Source's record of the table,
+	// handed over when the unit stopped being ACTIVE; the next Reset
+	// adopts it instead of dumping the kernel (AdoptPublished).
+	published *Published
 
 	nMeta  [2]atomic.Int64
 	nStale atomic.Int64
 
 	puts, deletes, resets, ignored                               atomic.Uint64
 	created, updated, recreated, deleted, refreshed, failedCount atomic.Uint64
-	nAdopted, unchanged                                          atomic.Uint64
+	nAdopted, unchanged, kernelDumps                             atomic.Uint64
 	failLog                                                      atomic.Int64
 }
 
@@ -416,7 +423,7 @@ func (k *Sink) Stats() SinkStats {
 	st.Puts, st.Deletes, st.Resets, st.Ignored = k.puts.Load(), k.deletes.Load(), k.resets.Load(), k.ignored.Load()
 	st.Created, st.Updated, st.Recreated = k.created.Load(), k.updated.Load(), k.recreated.Load()
 	st.Deleted, st.Refreshed, st.Failed = k.deleted.Load(), k.refreshed.Load(), k.failedCount.Load()
-	st.Adopted, st.Unchanged = k.nAdopted.Load(), k.unchanged.Load()
+	st.Adopted, st.Unchanged, st.KernelDumps = k.nAdopted.Load(), k.unchanged.Load(), k.kernelDumps.Load()
 	return st
 }
 
@@ -599,10 +606,16 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 		if t == tCT {
 			k.orphans = newKeyMap[string](0)
 			k.adopted, k.adoptedSize = newKeyMap[entryMeta](0), 0
+			k.mu.Lock()
+			pub := k.published
+			k.published = nil
+			k.mu.Unlock()
 			if standby && k.opts.Mode == Inject {
 				// What the kernel holds need not be written again
 				// (adopt.go).
-				if a, err := k.adoptKernel(); err == nil {
+				if a := k.adoptPublished(pub); a != nil {
+					k.adopted, k.adoptedSize = a, a.len()
+				} else if a, err := k.adoptKernel(); err == nil {
 					k.adopted, k.adoptedSize = a, a.len()
 				} else {
 					k.log.Warn("full copy: the kernel's table could not be read; every entry is written again", "err", err)
@@ -881,9 +894,7 @@ func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)
 
 func fingerprint(f *conntrack.Flow) uint32 {
 	var b [48]byte
-	h := fnv.New32a()
-	_, _ = h.Write(putTuple(b[:0], f.TupleReply, v6(f.TupleReply.IP.SourceAddress, f.TupleReply.IP.DestinationAddress)))
-	return h.Sum32()
+	return fnv32Add(fnvOffset32, putTuple(b[:0], f.TupleReply, v6(f.TupleReply.IP.SourceAddress, f.TupleReply.IP.DestinationAddress)))
 }
 
 // apply writes ops into the kernel: connections without a master first,

@@ -89,6 +89,19 @@ type SourceOptions struct {
 	// never report updates or their end. Default 10 minutes; negative
 	// turns it off.
 	ResyncInterval time.Duration
+	// Ready, when set, is called on Run's goroutine once the initial
+	// dump has been handed to out: from then on what out has received is
+	// the whole table, and a copy of it may be served to a standby.
+	Ready func()
+	// DumpOnRequest makes the initial dump wait for RequestDump (or an
+	// overrun, or the first periodic resync); changes are reported
+	// meanwhile. A unit that has just become ACTIVE then publishes its
+	// table when a standby asks for it rather than during the takeover: a
+	// dump walks every bucket of the kernel's conntrack hash, however few
+	// entries it holds, and the kernel does not give the CPU up meanwhile
+	// (7 ms for 262,144 buckets on this 2-vCPU VM, with every user-space
+	// thread queued on that CPU waiting, realtime or not).
+	DumpOnRequest bool
 }
 
 func (o *SourceOptions) defaults() {
@@ -133,6 +146,8 @@ type Source struct {
 	pset map[uint16]bool
 
 	running atomic.Bool
+	stopped atomic.Bool // Run has returned: live is no longer touched
+	dumpReq chan struct{}
 
 	evMu     sync.Mutex
 	ev       *nlConn
@@ -157,6 +172,7 @@ type Source struct {
 type liveInfo struct {
 	flags uint8
 	hash  uint32
+	fp    uint32 // fingerprint of the reply tuple (connections only), for AdoptPublished
 }
 
 // Flags of a live connection: attributes the kernel only reports in an
@@ -192,6 +208,7 @@ func OpenSource(nsh netns.NsHandle, logger *slog.Logger, opts SourceOptions) (*S
 		pset:    map[uint16]bool{},
 		live:    newKeyMap[liveInfo](0),
 		liveExp: newKeyMap[liveInfo](0),
+		dumpReq: make(chan struct{}, 1),
 	}
 	if v, err := readSysctl(dup, "net/netfilter/nf_conntrack_events"); err == nil && v != "1" {
 		s.log.Warn("net.netfilter.nf_conntrack_events is not 1: connections created while no daemon listens never report updates or their end; only the periodic resync catches those",
@@ -223,6 +240,37 @@ func (s *Source) Close() error {
 	}
 	return err
 }
+
+// RequestDump starts the initial dump of a Source opened with
+// DumpOnRequest (nothing if it is done or under way). Safe from any
+// goroutine.
+func (s *Source) RequestDump() {
+	select {
+	case s.dumpReq <- struct{}{}:
+	default:
+	}
+}
+
+// Published is what this Source last reported of every connection, for a
+// Sink that takes over this unit's kernel table (Sink.AdoptPublished):
+// nil until Run has returned. The Source must not be used afterwards.
+func (s *Source) Published() *Published {
+	if !s.stopped.Load() || s.live == nil {
+		return nil
+	}
+	return &Published{live: s.live, at: time.Now()}
+}
+
+// Published is a Source's record of the connections it reported, taken
+// when it stopped: key and value hash (the timeout left out), as a Sink's
+// dump of the kernel table would record them (adopt.go).
+type Published struct {
+	live *keyMap[liveInfo]
+	at   time.Time
+}
+
+// Len is the number of connections recorded.
+func (p *Published) Len() int { return p.live.len() }
 
 // Stats returns the counters; safe to call at any time.
 func (s *Source) Stats() SourceStats {
@@ -275,6 +323,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("ctsync: Source.Run called twice")
 	}
+	defer s.stopped.Store(true)
 	ev, err := s.openEvents()
 	if err != nil {
 		return err
@@ -295,10 +344,27 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 	}()
 
 	em := &emitter{src: s, out: out, max: s.opts.BatchSize}
-	if err := s.resync(ctx, em, true); err != nil {
-		return err
+	dumped := false
+	// dumpAll reports every entry; the first one makes the table whole.
+	dumpAll := func() error {
+		em.flush()
+		if err := s.resync(ctx, em, true); err != nil {
+			return err
+		}
+		em.flush()
+		if !dumped {
+			dumped = true
+			if s.opts.Ready != nil {
+				s.opts.Ready()
+			}
+		}
+		return nil
 	}
-	em.flush()
+	if !s.opts.DumpOnRequest {
+		if err := dumpAll(); err != nil {
+			return err
+		}
+	}
 
 	var tick <-chan time.Time
 	if s.opts.ResyncInterval > 0 { // negative: off
@@ -320,12 +386,24 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 			s.recheck(em)
 			em.flush()
 		case <-q.notify:
+		case <-s.dumpReq:
+			if !dumped {
+				if err := dumpAll(); err != nil {
+					return err
+				}
+			}
 		case <-tick:
 			s.resyncs.Add(1)
-			if err := s.resync(ctx, em, false); err != nil {
+			if err := s.resync(ctx, em, !dumped); err != nil {
 				return err
 			}
 			em.flush()
+			if !dumped {
+				dumped = true
+				if s.opts.Ready != nil {
+					s.opts.Ready()
+				}
+			}
 		}
 		for {
 			all, qerr := q.take(done)
@@ -349,8 +427,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 				}
 				it := &items[k]
 				if it.overrun {
-					em.flush()
-					if err := s.resync(ctx, em, true); err != nil {
+					if err := dumpAll(); err != nil {
 						return err
 					}
 					continue
@@ -496,7 +573,7 @@ func (s *Source) flowEvent(destroy bool, f *conntrack.Flow, em *emitter) {
 	}
 	// One encoding serves the output and the hash.
 	h := em.stageFlow(s.kbuf, f)
-	s.live.set(s.kbuf, liveInfo{flags: liveFlags(f), hash: h})
+	s.live.set(s.kbuf, liveInfo{flags: liveFlags(f), hash: h, fp: fingerprint(f)})
 	em.commit(TableConntrack)
 }
 
@@ -558,7 +635,7 @@ func (s *Source) recheck(em *emitter) {
 		}
 		s.refetches.Add(1)
 		s.kbuf = appendKey(s.kbuf[:0], f.TupleOrig, f.Zone)
-		info := liveInfo{flags: liveFlags(f), hash: em.stageFlow(s.kbuf, f)}
+		info := liveInfo{flags: liveFlags(f), hash: em.stageFlow(s.kbuf, f), fp: fingerprint(f)}
 		old, known := s.live.get(s.kbuf)
 		if known && old.hash == info.hash {
 			em.unstage()
@@ -750,7 +827,7 @@ func (s *Source) dumpAll(ctx context.Context, em *emitter, all bool) error {
 			return nil
 		}
 		s.kbuf = appendKey(s.kbuf[:0], f.TupleOrig, f.Zone)
-		info := liveInfo{flags: liveFlags(f), hash: em.stageFlow(s.kbuf, f)}
+		info := liveInfo{flags: liveFlags(f), hash: em.stageFlow(s.kbuf, f), fp: fingerprint(f)}
 		live.set(s.kbuf, info)
 		if old, ok := s.live.get(s.kbuf); all || !ok || old.hash != info.hash {
 			em.commit(TableConntrack)

@@ -15,6 +15,18 @@
 // Frames on the channel carry a one-byte kind so that other kinds of state
 // (configuration revisions, database snapshots, the stats exchange) share
 // the one authenticated connection.
+//
+// A role change reads no kernel table while the takeover is under way. A
+// conntrack dump walks every bucket of the kernel's hash however few
+// entries it holds, and the kernel keeps the CPU meanwhile (7 ms for
+// 262,144 buckets on the 2-vCPU test VM, whose kernel is not preemptible:
+// every thread queued on that CPU waits, realtime or not). So the new
+// ACTIVE dumps its table to publish it only when a standby asks for a copy
+// (or publishAfter later), and serves no copy before the dump is in (a
+// standby would otherwise take an empty table for the ACTIVE's and say
+// IN_SYNC); the former ACTIVE, now a sink, reconciles the copy it receives
+// with the table it last published itself (ctsync.Sink.AdoptPublished)
+// instead of dumping its kernel.
 package statesync
 
 import (
@@ -143,9 +155,30 @@ type Engine struct {
 	// sinkStatus).
 	settleGen uint64
 	settled   bool
+	// srcReady: the source's feeds have handed over their initial dumps,
+	// so its tables are the unit's whole state and a copy of them may be
+	// served. Until then the source neither connects nor answers a Hello:
+	// a standby would otherwise take a copy of an empty table for the
+	// ACTIVE's and say IN_SYNC.
+	srcReady bool
+	// published is the conntrack record of this unit's last source, set
+	// by its feed when it stops (read after stopFeeds): the next sink
+	// adopts it instead of dumping the kernel's table (ctsync.AdoptPublished).
+	published *ctsync.Published
+	// ctSrc is the running conntrack feed (loop only): its initial dump
+	// waits until a standby asks for a copy (requestPublish), or
+	// publishAfter has passed (publishTimer).
+	ctSrc        *ctsync.Source
+	publishTimer *time.Timer
 }
 
+// publishAfter is how long a new ACTIVE with no standby asking waits
+// before it dumps its conntrack table anyway (so that its counts are whole
+// and a returning peer is served at once): well after the takeover.
+const publishAfter = 5 * time.Second
+
 type change struct {
+	ready             bool // a feed's initial dump has been handed over (no entry)
 	put               bool
 	table             string
 	key, value        []byte
@@ -356,19 +389,43 @@ func (e *Engine) becomeSource(now time.Time) {
 	}
 	e.src = repl.NewSource(repl.SourceConfig{SourceID: newID(), Tables: tables,
 		MaxRateBytes: e.cfg.MaxRateBytes, MaxRateEntries: e.cfg.MaxRateEntries})
+	e.srcReady = false
+	e.log.Info("state sync: source (ACTIVE)")
+	if !e.startFeeds() {
+		e.sourceReady(now)
+		return
+	}
+	// A sink that said Hello while this unit was a sink too asks again.
+	e.announceRole()
+}
+
+// requestPublish: a standby wants a copy, so the conntrack table is dumped
+// now (the ACTIVE publishes on demand: ctsync.SourceOptions.DumpOnRequest).
+func (e *Engine) requestPublish() {
+	if e.ctSrc != nil && !e.srcReady {
+		e.ctSrc.RequestDump()
+	}
+}
+
+// sourceReady: the source's tables hold the unit's whole state; it
+// connects, and the peer's sink is told to ask it for a copy.
+func (e *Engine) sourceReady(now time.Time) {
+	if e.src == nil || e.srcReady {
+		return
+	}
+	e.srcReady = true
 	if e.linkUp {
 		e.src.Connected(now)
 	}
 	e.announceRole()
-	e.startFeeds()
-	e.log.Info("state sync: source (ACTIVE)")
+	e.log.Info("state sync: source ready")
 }
 
 // becomeSink: this unit is not ACTIVE; it asks the ACTIVE for everything.
 func (e *Engine) becomeSink(now time.Time) {
 	e.active = false
 	e.stopFeeds()
-	e.src = nil
+	e.src, e.srcReady = nil, false
 	if e.store == nil {
 		st, err := openStore(e.cfg)
 		if err != nil {
@@ -378,6 +435,10 @@ func (e *Engine) becomeSink(now time.Time) {
 		}
 		e.store = st
 	}
+	if e.published != nil && e.store.ct != nil {
+		e.store.ct.AdoptPublished(e.published)
+	}
+	e.published = nil
 	e.settleGen, e.settled = 0, false
 	e.sink = repl.NewSink(repl.SinkConfig{SinkID: newID(), OutOfSyncAfter: e.outOfSyncAfter(), RetryAfter: time.Second}, e.store)
 	if e.linkUp {
@@ -387,8 +448,10 @@ func (e *Engine) becomeSink(now time.Time) {
 	e.log.Info("state sync: sink (standby)")
 }
 
-// startFeeds subscribes to this unit's kernel tables.
-func (e *Engine) startFeeds() {
+// startFeeds subscribes to this unit's kernel tables. It reports whether a
+// feed will say when its initial dump is in (a ready change); false: the
+// source is ready at once.
+func (e *Engine) startFeeds() (waitReady bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.feeds = cancel
 	emit := func(batch []change) {
@@ -398,13 +461,23 @@ func (e *Engine) startFeeds() {
 		}
 	}
 	if e.cfg.Conntrack {
-		src, err := ctsync.OpenSource(e.cfg.NS, e.log, ctsync.SourceOptions{IgnorePrefixes: e.cfg.IgnorePrefixes, IgnorePorts: e.cfg.IgnorePorts})
+		src, err := ctsync.OpenSource(e.cfg.NS, e.log, ctsync.SourceOptions{IgnorePrefixes: e.cfg.IgnorePrefixes, IgnorePorts: e.cfg.IgnorePorts,
+			DumpOnRequest: true, Ready: func() { emit([]change{{ready: true}}) }})
 		if err != nil {
 			e.recordError(fmt.Sprintf("conntrack source: %v", err))
 			e.log.Error("state sync: conntrack source", "err", err)
 		} else {
+			waitReady = true
+			e.ctSrc = src
+			e.publishTimer = time.AfterFunc(publishAfter, src.RequestDump)
 			e.feedWG.Go(func() {
-				defer src.Close()
+				defer func() {
+					e.published = src.Published()
+					src.Close()
+					// Failed before its initial dump was in: serve the
+					// other tables rather than nothing (no-op if ready).
+					emit([]change{{ready: true}})
+				}()
 				err := src.Run(ctx, func(b []ctsync.Change) {
 					out := make([]change, len(b))
 					for i, c := range b {
@@ -438,9 +511,15 @@ func (e *Engine) startFeeds() {
 			})
 		}
 	}
+	return waitReady
 }
 
 func (e *Engine) stopFeeds() {
+	e.ctSrc = nil
+	if e.publishTimer != nil {
+		e.publishTimer.Stop()
+		e.publishTimer = nil
+	}
 	if e.feeds == nil {
 		return
 	}
@@ -463,6 +542,10 @@ func (e *Engine) apply(now time.Time, batch []change) {
 		return // a late batch from a feed of the previous role
 	}
 	for _, c := range batch {
+		if c.ready {
+			e.sourceReady(now)
+			continue
+		}
 		var err error
 		if c.put {
 			err = e.src.Put(now, c.table, c.key, c.value)
@@ -487,7 +570,7 @@ func (e *Engine) onLink(now time.Time, ev syncchan.Event) {
 		e.status.LinkUp, e.status.LinkSince = true, now
 		e.mu.Unlock()
 		switch {
-		case e.src != nil:
+		case e.src != nil && e.srcReady:
 			e.src.Connected(now)
 		case e.sink != nil:
 			e.sink.Connected(now)
@@ -504,7 +587,7 @@ func (e *Engine) onLink(now time.Time, ev syncchan.Event) {
 		e.status.LinkUp, e.status.LinkSince = false, now
 		e.mu.Unlock()
 		switch {
-		case e.src != nil:
+		case e.src != nil && e.srcReady:
 			e.src.Disconnected(now)
 		case e.sink != nil:
 			e.sink.Disconnected(now)
@@ -525,6 +608,10 @@ func (e *Engine) onLink(now time.Time, ev syncchan.Event) {
 		case KindRepl:
 			var err error
 			switch {
+			case e.src != nil && !e.srcReady:
+				// Not serving yet: publish, and the sink asks again
+				// when told this unit's role (sourceReady).
+				e.requestPublish()
 			case e.src != nil:
 				err = e.src.Handle(now, body)
 			case e.sink != nil:
