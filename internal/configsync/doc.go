@@ -10,7 +10,10 @@
 // is ACTIVE; on the STANDBY they are refused with ErrReadOnlyStandby,
 // naming the ACTIVE unit and its address, and nothing is written. The
 // ACTIVE pushes every new revision to the standby, and on every channel
-// Up catches it up from the head the standby announces. The standby stores
+// Up catches it up from the head the standby announces — revision by
+// revision, or, when the missing history is large (a new unit with an
+// empty database; Options.CatchUpSnapshotBytes), with one snapshot of the
+// database and then the revisions published meanwhile. The standby stores
 // each revision unchanged with configstore's ApplyReplicated (which runs
 // the category's apply hook) and acknowledges it; a failed apply is stored,
 // reported back to the ACTIVE and shown as OUT_OF_SYNC in `config.status`,

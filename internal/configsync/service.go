@@ -85,6 +85,11 @@ type Options struct {
 	// snapshot to the snapshot (config_sync.snapshot_max_delay); default
 	// DefaultSnapshotMaxDelay, never less than SnapshotDebounce.
 	SnapshotMaxDelay time.Duration
+	// CatchUpSnapshotBytes: a standby whose missing history is estimated
+	// above this many bytes (a new unit: an empty database) is caught up
+	// by a snapshot of the database, not by replaying every revision.
+	// Default DefaultCatchUpSnapshotBytes; negative: always replay.
+	CatchUpSnapshotBytes int64
 }
 
 // Service is one unit's configuration store and its replication.

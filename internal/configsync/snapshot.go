@@ -155,6 +155,11 @@ type snapStatus struct {
 // Close, once the worker has stopped).
 type snapWorker struct {
 	interval, debounce, maxDelay time.Duration
+	catchUpBytes                 int64
+
+	// catchUp: the transfer in flight (or the next one) stands for the
+	// history a standby lacks; the revisions after it follow its install.
+	catchUp bool
 
 	// ACTIVE: sending.
 	greeted bool // a snapshot was asked for the standby since the session or role began
@@ -287,6 +292,10 @@ func (s *Service) snapInit(o Options) {
 		s.snap.maxDelay = DefaultSnapshotMaxDelay
 	}
 	s.snap.maxDelay = max(s.snap.maxDelay, s.snap.debounce)
+	s.snap.catchUpBytes = o.CatchUpSnapshotBytes
+	if s.snap.catchUpBytes == 0 {
+		s.snap.catchUpBytes = DefaultCatchUpSnapshotBytes
+	}
 	s.syncCh = make(chan ha.SyncStatus, 1)
 	// A restore whose documents were not applied before a crash.
 	if applied, err := s.store.get().ApplyPending(); err != nil {
@@ -347,6 +356,7 @@ func (s *Service) snapEvent(ev event) {
 		if w := &s.snap; w.busy && ev.snap.xfer == w.xfer {
 			w.busy = false
 			s.snapFailed(fmt.Errorf("no restore notification from the standby within %s", snapResultTimeout))
+			s.catchUpByReplay()
 			s.snapNext()
 		}
 	}
@@ -442,6 +452,7 @@ func (s *Service) snapTaken(d *snapDone) {
 	if d.err != nil {
 		w.busy = false
 		s.snapFailed(fmt.Errorf("send snapshot %s: %w", d.m.IDString(), d.err))
+		s.catchUpByReplay()
 		s.snapNext()
 		return
 	}
@@ -504,6 +515,14 @@ func (s *Service) onSnapResult(f snapFrame) {
 	}
 	s.st.snap.last = v
 	s.mu.Unlock()
+	if w.catchUp && (r.OK || f.Stale) {
+		// The history up to the standby's new head came with the
+		// snapshot: the rest follows.
+		w.catchUp = false
+		s.sentUpTo = f.Head
+		s.push()
+	}
+	s.catchUpByReplay()
 	switch {
 	case r.OK:
 		s.log.Info("config sync: snapshot installed on the standby", "peer", f.Node, "id", r.ID, "size", r.Size, "stream_bytes", r.Bytes, "duration", now.Sub(w.start))
@@ -513,6 +532,20 @@ func (s *Service) onSnapResult(f snapFrame) {
 		s.recordError("snapshot %s was not installed on %s: %s", r.ID, f.Node, r.Error)
 	}
 	s.snapNext()
+}
+
+// catchUpByReplay: a snapshot that stood for a standby's missing history
+// did not get there; the history is replayed instead.
+func (s *Service) catchUpByReplay() {
+	if !s.snap.catchUp {
+		return
+	}
+	s.snap.catchUp = false
+	s.mu.Lock()
+	peerHead := s.st.peerHead
+	s.mu.Unlock()
+	s.sentUpTo = peerHead
+	s.push()
 }
 
 // snapPeerSeen: the standby answered; it gets a snapshot once per session
@@ -527,7 +560,7 @@ func (s *Service) snapPeerSeen() {
 // role changed: whatever was in flight is abandoned.
 func (s *Service) snapDown(why string) {
 	w := &s.snap
-	w.greeted = false
+	w.greeted, w.catchUp = false, false
 	if w.busy {
 		w.busy = false
 		if w.cancel != nil {

@@ -2,6 +2,7 @@ package configsync
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -140,6 +141,20 @@ func tempFiles(t *testing.T, s *Service) []string {
 // audit log: documents with their contents, the history, the heads.
 func dump(t *testing.T, s *Service) string {
 	t.Helper()
+	d, err := dumpErr(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// tryDump is dump for a store that an install may be replacing.
+func tryDump(s *Service) (string, bool) {
+	d, err := dumpErr(s)
+	return d, err == nil
+}
+
+func dumpErr(s *Service) (string, error) {
 	st := s.Store()
 	var b strings.Builder
 	rev, hash := st.Head()
@@ -147,23 +162,23 @@ func dump(t *testing.T, s *Service) string {
 	fmt.Fprintf(&b, "head %d %x %x\n", rev, hash, chain)
 	docs, err := st.List()
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	for _, d := range docs {
 		c, _, err := st.Get(d.Category, d.Name, 0)
 		if err != nil {
-			t.Fatal(err)
+			return "", err
 		}
 		fmt.Fprintf(&b, "doc %s/%s %+v %q\n", d.Category, d.Name, d.Revision, c)
 	}
 	hist, err := st.History(0)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	for _, r := range hist {
 		fmt.Fprintf(&b, "rev %+v\n", r)
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 func audits(t *testing.T, s *Service, action string) []configstore.AuditRecord {
@@ -679,5 +694,85 @@ func TestSnapshotAfterFailover(t *testing.T) {
 	}
 	if rs := audits(t, a, configstore.AuditRestore); len(rs) == 0 || rs[0].Origin != "fw-b" {
 		t.Fatalf("fw-a's restore records = %+v", rs)
+	}
+}
+
+// TestCatchUpBySnapshot: a new standby (empty database) and an ACTIVE with
+// a history far above CatchUpSnapshotBytes. The standby gets the database
+// by one snapshot, not the history revision by revision as well; what is
+// published during the transfer follows it, and both units end at the same
+// head with the same documents. Negative control: with the option off, the
+// whole history is replayed.
+func TestCatchUpBySnapshot(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		threshold int64
+		bySnap    bool
+	}{{"by snapshot", 64 << 10, true}, {"replayed (off)", -1, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			mk := func(node string) *Service {
+				s, err := OpenWith(Options{Path: filepath.Join(t.TempDir(), "config.db"), Node: node, HA: true, NoSync: true,
+					SnapshotDebounce: 10 * time.Millisecond, CatchUpSnapshotBytes: tc.threshold})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = s.Close() })
+				return s
+			}
+			a, b := mk("fw-a"), mk("fw-b")
+			a.SetActive(true)
+			const revs = 40
+			fill(t, a, revs, 16<<10, 3)
+
+			var mu sync.Mutex
+			revFrames, snapBegun := 0, false
+			published := false
+			connectTap(a, b, func(l *memLink, to *Service, f []byte) []byte {
+				if to != b {
+					return f
+				}
+				var fr frame
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case len(f) > 0 && f[0] == revTag && decodeFrame(f, &fr) == nil && fr.Chunk == 0:
+					revFrames++
+				case isData(f) && !published:
+					// A publish while the snapshot is on its way.
+					published = true
+					go func() {
+						args, _ := json.Marshal(PublishArgs{Category: "system", Name: "during", ContentBase64: base64.StdEncoding.EncodeToString([]byte("published during the transfer")), Author: "test"})
+						if _, err := a.Handle("config.publish", args, true, "", ""); err != nil {
+							t.Errorf("publish during the transfer: %v", err)
+						}
+					}()
+				case len(f) > 0 && f[0] == '{' && strings.Contains(string(f), `"`+tSnapBegin+`"`):
+					snapBegun = true
+				}
+				return f
+			})
+			// A snapshot install swaps the store under a reader: compare
+			// until both units read alike with nothing in flight.
+			var da, db string
+			waitFor(t, "the same documents and history on both units", func() bool {
+				ha, _ := a.store.Head()
+				if ha != revs+1 || peer(a, true).SnapshotInFlight || peer(b, false).SnapshotInFlight {
+					return false
+				}
+				var okA, okB bool
+				da, okA = tryDump(a)
+				db, okB = tryDump(b)
+				return okA && okB && da == db
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("revision frames sent: %d, snapshot sent: %v", revFrames, snapBegun)
+			if tc.bySnap && (revFrames != 1 || !snapBegun) {
+				t.Errorf("%d revisions sent besides the snapshot (sent: %v); want only the one published during the transfer, once", revFrames, snapBegun)
+			}
+			if !tc.bySnap && revFrames < revs {
+				t.Errorf("%d revision frames with the option off, want the whole history (%d)", revFrames, revs)
+			}
+		})
 	}
 }

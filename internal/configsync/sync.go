@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -348,8 +349,9 @@ func (s *Service) onFrame(b []byte) {
 		case s.active.Load() && f.Active:
 			s.recordError("collision: the peer %s is ACTIVE too; configuration is not synchronized until one unit steps down", f.Node)
 		case s.active.Load():
-			s.syncPeer(f.Head, f.Chain, false)
-			s.snapWant()
+			if !s.syncPeer(f.Head, f.Chain, false) {
+				s.snapWant()
+			}
 		case f.Active:
 			if err := s.sendFrames(s.standbyFrame(tHead)); err != nil {
 				s.recordError("send head to the peer: %v", err)
@@ -394,17 +396,22 @@ func (s *Service) standbyFrame(t string) frame {
 // syncPeer brings a standby at peerHead (history hash chain) to this
 // unit's head: the missing revisions when its history is a prefix of ours,
 // else our history hashes so that it sets its divergent revisions aside.
-func (s *Service) syncPeer(peerHead uint64, chain []byte, full bool) {
+// It reports whether a snapshot now stands for the missing history
+// (catchUpBySnapshot).
+func (s *Service) syncPeer(peerHead uint64, chain []byte, full bool) (bySnapshot bool) {
 	head, _ := s.store.Head()
 	if !full && peerHead <= head {
 		if mine, ok := s.store.HashAt(peerHead); ok && sameBytes(mine[:], chain) {
+			if s.catchUpBySnapshot(peerHead, head) {
+				return true
+			}
 			// What was queued after peerHead is on its way (the channel
 			// is ordered and loses nothing within a session, which
 			// starts again from 0): sending it again would only queue
 			// duplicates; the periodic check covers a refused one.
 			s.sentUpTo = max(s.sentUpTo, peerHead)
 			s.push()
-			return
+			return false
 		}
 	}
 	top := min(head, peerHead)
@@ -428,6 +435,42 @@ func (s *Service) syncPeer(peerHead uint64, chain []byte, full bool) {
 	if err := s.sendFrames(f); err != nil {
 		s.recordError("send history hashes to the peer: %v", err)
 	}
+	return false
+}
+
+// DefaultCatchUpSnapshotBytes is Options.CatchUpSnapshotBytes' default.
+const DefaultCatchUpSnapshotBytes = 32 << 20
+
+// catchUpBySnapshot brings a standby far behind (a new unit, its database
+// empty) to the head with one snapshot of the database instead of the
+// whole history revision by revision: it used to get both, the history
+// first, then the snapshot a connecting standby gets anyway — twice the
+// bytes, and the standby committing and applying every revision. The
+// missing bytes are estimated from the database's size, in proportion to
+// the revisions missing. Revisions published meanwhile follow the install
+// (onSnapResult); a standby that reports a gap meanwhile is not answered
+// with the history.
+func (s *Service) catchUpBySnapshot(peerHead, head uint64) bool {
+	w := &s.snap
+	if w.catchUp {
+		return true // under way
+	}
+	if w.catchUpBytes < 0 || head <= peerHead+1 || s.send == nil {
+		return false
+	}
+	fi, err := os.Stat(s.store.get().Path())
+	if err != nil || fi.Size()/int64(head)*int64(head-peerHead) < w.catchUpBytes {
+		return false
+	}
+	s.log.Info("config sync: catching the standby up with a snapshot rather than its missing history", "peer_head", peerHead, "head", head, "database_bytes", fi.Size())
+	w.catchUp, w.greeted = true, true
+	s.sentUpTo = head
+	if w.busy || w.taking {
+		w.again = true
+	} else {
+		s.snapStart()
+	}
+	return true
 }
 
 // pushBatchBytes bounds the revision contents push reads from the store
@@ -444,8 +487,8 @@ const pushBatchBytes = 4 << 20
 // publishes for up to 680 ms (BENCHMARKS.md, finding 14).
 func (s *Service) push() {
 	s.pushHeld = false
-	if !s.peerIsStandby() {
-		return
+	if !s.peerIsStandby() || s.snap.catchUp {
+		return // a catch-up snapshot is on its way: the rest follows it
 	}
 	for {
 		head, _ := s.store.Head()
