@@ -181,6 +181,15 @@ func (k *Sink) AdoptPublished(p *Published) {
 	k.mu.Lock()
 	k.published = p
 	k.mu.Unlock()
+	// Not kept past its use-by time when no copy comes (a million
+	// connections' record is tens of megabytes).
+	time.AfterFunc(publishedMaxAge, func() {
+		k.mu.Lock()
+		if k.published == p {
+			k.published = nil
+		}
+		k.mu.Unlock()
+	})
 }
 
 // adoptPublished turns a handed-over record into the adopted map, or
