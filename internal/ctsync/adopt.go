@@ -159,6 +159,31 @@ func flowTimeout(v []byte) uint32 {
 	return uint32(t)
 }
 
+// KnownKeys lists the connections this Sink knows to be in the kernel:
+// those it wrote since its last Reset and those its reconciliation found
+// there. For a Source that publishes them by lookup when this unit takes
+// over (SourceOptions.KnownKeys). Call it after Close.
+func (k *Sink) KnownKeys() [][]byte {
+	k.mu.Lock()
+	closed := k.closed
+	k.mu.Unlock()
+	if !closed {
+		return nil // the writer owns the record
+	}
+	out := make([][]byte, 0, k.meta[tCT].len()+k.adopted.len())
+	k.meta[tCT].each(func(key []byte, _ entryMeta) bool {
+		out = append(out, append([]byte(nil), key...))
+		return true
+	})
+	k.adopted.each(func(key []byte, _ entryMeta) bool {
+		if !k.meta[tCT].has(key) {
+			out = append(out, append([]byte(nil), key...))
+		}
+		return true
+	})
+	return out
+}
+
 // publishedMaxAge bounds how old a handed-over record may be when the
 // copy's Reset comes: past it, the kernel's table has had time to move on
 // and is dumped instead.

@@ -35,8 +35,10 @@
 // a socket with a 64 MiB buffer (SO_RCVBUFFORCE), then dumps both tables
 // (a newly ACTIVE unit publishes everything; with
 // SourceOptions.DumpOnRequest only when RequestDump says a standby wants a
-// copy, SourceOptions.Ready saying when it is in), then reports changes in
-// batches. When Run has returned, Published hands its record of the
+// copy — then by looking up SourceOptions.KnownKeys, the connections the
+// unit mirrored as a standby, when they are few, the full dump following
+// RequestFullDump — SourceOptions.Ready saying when the table is
+// published), then reports changes in batches. When Run has returned, Published hands its record of the
 // connections it reported (key, value hash, NAT fingerprint) to the Sink
 // that follows it on the same unit, which reconciles the next full copy
 // with it instead of dumping the kernel's table (adopt.go). A reader goroutine moves events from the kernel into a bounded

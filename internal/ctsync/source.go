@@ -102,7 +102,19 @@ type SourceOptions struct {
 	// (7 ms for 262,144 buckets on this 2-vCPU VM, with every user-space
 	// thread queued on that CPU waiting, realtime or not).
 	DumpOnRequest bool
+	// KnownKeys are connections this unit already mirrors (a standby's
+	// record at its promotion). With DumpOnRequest, the first
+	// RequestDump publishes them by looking each one up — short system
+	// calls, no bucket walk — when there are at most maxLookupPublish;
+	// the full dump, which also finds what the record lacks and what is
+	// gone, follows RequestFullDump (or the first periodic resync).
+	KnownKeys [][]byte
 }
+
+// maxLookupPublish bounds KnownKeys published by lookups: above it a dump
+// is cheaper (a lookup costs about what a dump pays per bucket and entry
+// together several times over).
+const maxLookupPublish = 20000
 
 func (o *SourceOptions) defaults() {
 	if o.ReadBuffer <= 0 {
@@ -148,6 +160,7 @@ type Source struct {
 	running atomic.Bool
 	stopped atomic.Bool // Run has returned: live is no longer touched
 	dumpReq chan struct{}
+	fullReq chan struct{}
 
 	evMu     sync.Mutex
 	ev       *nlConn
@@ -209,6 +222,7 @@ func OpenSource(nsh netns.NsHandle, logger *slog.Logger, opts SourceOptions) (*S
 		live:    newKeyMap[liveInfo](0),
 		liveExp: newKeyMap[liveInfo](0),
 		dumpReq: make(chan struct{}, 1),
+		fullReq: make(chan struct{}, 1),
 	}
 	if v, err := readSysctl(dup, "net/netfilter/nf_conntrack_events"); err == nil && v != "1" {
 		s.log.Warn("net.netfilter.nf_conntrack_events is not 1: connections created while no daemon listens never report updates or their end; only the periodic resync catches those",
@@ -241,14 +255,63 @@ func (s *Source) Close() error {
 	return err
 }
 
-// RequestDump starts the initial dump of a Source opened with
-// DumpOnRequest (nothing if it is done or under way). Safe from any
-// goroutine.
+// RequestDump publishes the table of a Source opened with DumpOnRequest
+// (nothing if it is published or under way): by looking up KnownKeys, or
+// by a dump. Safe from any goroutine.
 func (s *Source) RequestDump() {
 	select {
 	case s.dumpReq <- struct{}{}:
 	default:
 	}
+}
+
+// RequestFullDump makes a Source opened with DumpOnRequest dump its table
+// if it has not yet: what lookups published is completed and corrected.
+// Safe from any goroutine.
+func (s *Source) RequestFullDump() {
+	select {
+	case s.fullReq <- struct{}{}:
+	default:
+	}
+}
+
+// lookupPublish reports the KnownKeys connections the kernel still holds,
+// each read on its own, and the expectation table (a dump: its hash is
+// small). What the keys lack is found by the full dump that follows.
+func (s *Source) lookupPublish(ctx context.Context, em *emitter) error {
+	start := time.Now()
+	keys := s.opts.KnownKeys
+	s.opts.KnownKeys = nil
+	var y sched.Yielder
+	found := 0
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return nil
+		}
+		y.Pause()
+		t, zone, err := decodeKey(k)
+		if err != nil {
+			continue
+		}
+		f, err := s.get(t, zone)
+		if err != nil || s.ignoreFlow(f) {
+			continue // gone since (ENOENT), or not synchronised
+		}
+		s.kbuf = appendKey(s.kbuf[:0], f.TupleOrig, f.Zone)
+		if !s.live.has(s.kbuf) {
+			s.nLive.Add(1)
+		}
+		s.live.set(s.kbuf, liveInfo{flags: liveFlags(f), hash: em.stageFlow(s.kbuf, f), fp: fingerprint(f)})
+		em.commit(TableConntrack)
+		found++
+	}
+	if !s.opts.NoExpectations {
+		if _, err := s.dumpExpect(ctx, em, true); err != nil {
+			return err
+		}
+	}
+	s.log.Info("published the connections this unit mirrored, by lookup; the full dump follows", "known", len(keys), "found", found, "took", time.Since(start))
+	return nil
 }
 
 // Published is what this Source last reported of every connection, for a
@@ -344,24 +407,31 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 	}()
 
 	em := &emitter{src: s, out: out, max: s.opts.BatchSize}
-	dumped := false
-	// dumpAll reports every entry; the first one makes the table whole.
-	dumpAll := func() error {
-		em.flush()
-		if err := s.resync(ctx, em, true); err != nil {
-			return err
-		}
-		em.flush()
-		if !dumped {
-			dumped = true
+	// published: what out has received stands for the table (Ready
+	// said so); dumped: a full dump has confirmed it.
+	published, dumped := false, false
+	markPublished := func() {
+		if !published {
+			published = true
 			if s.opts.Ready != nil {
 				s.opts.Ready()
 			}
 		}
+	}
+	// dumpAll reports every entry (all) or what differs from what was
+	// reported, and the end of what is gone.
+	dumpAll := func(all bool) error {
+		em.flush()
+		if err := s.resync(ctx, em, all); err != nil {
+			return err
+		}
+		em.flush()
+		dumped = true
+		markPublished()
 		return nil
 	}
 	if !s.opts.DumpOnRequest {
-		if err := dumpAll(); err != nil {
+		if err := dumpAll(true); err != nil {
 			return err
 		}
 	}
@@ -387,22 +457,29 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 			em.flush()
 		case <-q.notify:
 		case <-s.dumpReq:
+			switch n := len(s.opts.KnownKeys); {
+			case published:
+			case n > 0 && n <= maxLookupPublish:
+				if err := s.lookupPublish(ctx, em); err != nil {
+					return err
+				}
+				em.flush()
+				markPublished()
+			default:
+				if err := dumpAll(true); err != nil {
+					return err
+				}
+			}
+		case <-s.fullReq:
 			if !dumped {
-				if err := dumpAll(); err != nil {
+				if err := dumpAll(!published); err != nil {
 					return err
 				}
 			}
 		case <-tick:
 			s.resyncs.Add(1)
-			if err := s.resync(ctx, em, !dumped); err != nil {
+			if err := dumpAll(!published); err != nil {
 				return err
-			}
-			em.flush()
-			if !dumped {
-				dumped = true
-				if s.opts.Ready != nil {
-					s.opts.Ready()
-				}
 			}
 		}
 		for {
@@ -427,7 +504,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 				}
 				it := &items[k]
 				if it.overrun {
-					if err := dumpAll(); err != nil {
+					if err := dumpAll(true); err != nil {
 						return err
 					}
 					continue
@@ -852,53 +929,61 @@ func (s *Source) dumpAll(ctx context.Context, em *emitter, all bool) error {
 
 	goneExp := 0
 	if !s.opts.NoExpectations {
-		liveExp := newKeyMap[liveInfo](s.liveExp.len())
-		m.b = m.b[:0]
-		seq = s.q.nextSeq()
-		appendDump(&m, seq, subsysCTExp)
-		err = s.q.dump(m.b, seq, func(m nlMsg) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			ev, err := decodeAs(m, subsysCTExp)
-			if err != nil || ev.Expect == nil {
-				s.decodeErrors.Add(1)
-				return nil
-			}
-			e := ev.Expect
-			if s.ignoreExpect(e) {
-				s.filtered.Add(1)
-				return nil
-			}
-			s.kbuf = appendKey(s.kbuf[:0], e.Tuple, e.Zone)
-			info := liveInfo{hash: em.stageExpect(s.kbuf, e)}
-			liveExp.set(s.kbuf, info)
-			if old, ok := s.liveExp.get(s.kbuf); all || !ok || old.hash != info.hash {
-				em.commit(TableExpect)
-				if !ok {
-					s.recheckMaster(e)
-				}
-			} else {
-				em.unstage()
-			}
-			return nil
-		})
-		if err != nil {
+		if goneExp, err = s.dumpExpect(ctx, em, all); err != nil {
 			return err
 		}
-		s.liveExp.each(func(k []byte, _ liveInfo) bool {
-			if !liveExp.has(k) {
-				em.del(TableExpect, k)
-				goneExp++
-			}
-			return true
-		})
-		s.liveExp = liveExp
-		s.nLiveExp.Store(int64(liveExp.len()))
 	}
 	s.log.Debug("conntrack table dumped", "entries", s.live.len(), "expectations", s.liveExp.len(),
 		"gone", gone, "gone_expectations", goneExp, "took", time.Since(start))
 	return nil
+}
+
+// dumpExpect is dumpAll for the expectation table.
+func (s *Source) dumpExpect(ctx context.Context, em *emitter, all bool) (goneExp int, err error) {
+	liveExp := newKeyMap[liveInfo](s.liveExp.len())
+	var m msgBuf
+	seq := s.q.nextSeq()
+	appendDump(&m, seq, subsysCTExp)
+	err = s.q.dump(m.b, seq, func(m nlMsg) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ev, err := decodeAs(m, subsysCTExp)
+		if err != nil || ev.Expect == nil {
+			s.decodeErrors.Add(1)
+			return nil
+		}
+		e := ev.Expect
+		if s.ignoreExpect(e) {
+			s.filtered.Add(1)
+			return nil
+		}
+		s.kbuf = appendKey(s.kbuf[:0], e.Tuple, e.Zone)
+		info := liveInfo{hash: em.stageExpect(s.kbuf, e)}
+		liveExp.set(s.kbuf, info)
+		if old, ok := s.liveExp.get(s.kbuf); all || !ok || old.hash != info.hash {
+			em.commit(TableExpect)
+			if !ok {
+				s.recheckMaster(e)
+			}
+		} else {
+			em.unstage()
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	s.liveExp.each(func(k []byte, _ liveInfo) bool {
+		if !liveExp.has(k) {
+			em.del(TableExpect, k)
+			goneExp++
+		}
+		return true
+	})
+	s.liveExp = liveExp
+	s.nLiveExp.Store(int64(liveExp.len()))
+	return goneExp, nil
 }
 
 // decodeAs decodes an answer to a get or dump, whatever message type the

@@ -247,3 +247,70 @@ func TestIncomplete(t *testing.T) {
 		}
 	}
 }
+
+// TestSourcePublishesKnownByLookup: a unit that has just become ACTIVE
+// publishes the connections it mirrored as a standby by looking each one
+// up — no dump, so no walk over every bucket of the kernel's hash during
+// the takeover — and the full dump that follows completes the table (a
+// connection the record lacked) and ends one that is gone. Negative
+// control: a record too large for lookups is published by a dump.
+func TestSourcePublishesKnownByLookup(t *testing.T) {
+	ns := newNS(t, "lookup")
+	c := ctConn(t, ns.NsHandle)
+	flows := genFlows(40, 0)
+	createFlows(t, c, flows)
+	known := [][]byte{}
+	for _, f := range flows[:30] {
+		known = append(known, Key(f))
+	}
+	known = append(known, Key(genFlows(1, 5000)[0])) // not in the kernel
+
+	run := func(known [][]byte) (*Source, *memStore, chan struct{}) {
+		ready := make(chan struct{})
+		src, err := OpenSource(ns.NsHandle, testLogger(t), SourceOptions{ResyncInterval: -1, DumpOnRequest: true,
+			KnownKeys: known, Ready: func() { close(ready) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := newMemStore()
+		runSource(t, src, st.apply)
+		return src, st, ready
+	}
+	wait := func(ch chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+
+	src, st, ready := run(known)
+	time.Sleep(50 * time.Millisecond)
+	if n := st.len(TableConntrack); n != 0 || src.Stats().Dumps != 0 {
+		t.Fatalf("before any request: %d entries published, %d dumps; want nothing", n, src.Stats().Dumps)
+	}
+	src.RequestDump()
+	wait(ready, "the publication by lookup")
+	if n, d := st.len(TableConntrack), src.Stats().Dumps; n != 30 || d != 0 {
+		t.Fatalf("published %d connections with %d dumps, want the 30 known ones by lookup and no dump", n, d)
+	}
+	deleteFlows(t, c, flows[:1])
+	src.RequestFullDump()
+	waitFor(t, "the full dump", 5*time.Second, func() bool { return st.len(TableConntrack) == 39 })
+	if d := diffTables(keyed(flows[1:]), st.flows(t)); d != "" {
+		t.Fatalf("after the full dump (-kernel +published):\n%s", d)
+	}
+
+	// Negative control.
+	big := make([][]byte, maxLookupPublish+1)
+	for i := range big {
+		big[i] = known[i%len(known)]
+	}
+	src2, st2, ready2 := run(big)
+	src2.RequestDump()
+	wait(ready2, "the publication by dump")
+	if n, d := st2.len(TableConntrack), src2.Stats().Dumps; n != 39 || d != 1 {
+		t.Fatalf("a record too large for lookups: %d published with %d dumps, want 39 by one dump", n, d)
+	}
+}

@@ -21,12 +21,14 @@
 // entries it holds, and the kernel keeps the CPU meanwhile (7 ms for
 // 262,144 buckets on the 2-vCPU test VM, whose kernel is not preemptible:
 // every thread queued on that CPU waits, realtime or not). So the new
-// ACTIVE dumps its table to publish it only when a standby asks for a copy
-// (or publishAfter later), and serves no copy before the dump is in (a
-// standby would otherwise take an empty table for the ACTIVE's and say
-// IN_SYNC); the former ACTIVE, now a sink, reconciles the copy it receives
-// with the table it last published itself (ctsync.Sink.AdoptPublished)
-// instead of dumping its kernel.
+// ACTIVE publishes its table only when a standby asks for a copy, by
+// looking up each connection it mirrored as a standby (short system calls;
+// ctsync.SourceOptions.KnownKeys), or by a dump when it mirrored many; it
+// serves no copy before (a standby would otherwise take an empty table for
+// the ACTIVE's and say IN_SYNC); the full dump that completes the table
+// runs publishAfter the takeover. The former ACTIVE, now a sink, reconciles
+// the copy it receives with the table it last published itself
+// (ctsync.Sink.AdoptPublished) instead of dumping its kernel.
 package statesync
 
 import (
@@ -170,11 +172,16 @@ type Engine struct {
 	// publishAfter has passed (publishTimer).
 	ctSrc        *ctsync.Source
 	publishTimer *time.Timer
+	// known: the connections the sink had mirrored, for the source that
+	// follows it to publish by lookup (set in becomeSource, used once).
+	known [][]byte
 }
 
-// publishAfter is how long a new ACTIVE with no standby asking waits
-// before it dumps its conntrack table anyway (so that its counts are whole
-// and a returning peer is served at once): well after the takeover.
+// publishAfter is when a new ACTIVE dumps its conntrack table, well after
+// the takeover: it completes a publication by lookups (connections the
+// standby did not mirror, entries gone since), or publishes the table if
+// no standby asked (so that counts are whole and a returning peer is
+// served at once).
 const publishAfter = 5 * time.Second
 
 type change struct {
@@ -380,6 +387,9 @@ func (e *Engine) becomeSource(now time.Time) {
 		e.status.LastPromote = rep
 		e.mu.Unlock()
 		e.store.close()
+		if e.store.ct != nil && e.cfg.Mode == ctsync.Inject {
+			e.known = e.store.ct.KnownKeys()
+		}
 		e.store = nil
 	}
 	e.sink = nil
@@ -462,14 +472,15 @@ func (e *Engine) startFeeds() (waitReady bool) {
 	}
 	if e.cfg.Conntrack {
 		src, err := ctsync.OpenSource(e.cfg.NS, e.log, ctsync.SourceOptions{IgnorePrefixes: e.cfg.IgnorePrefixes, IgnorePorts: e.cfg.IgnorePorts,
-			DumpOnRequest: true, Ready: func() { emit([]change{{ready: true}}) }})
+			DumpOnRequest: true, KnownKeys: e.known, Ready: func() { emit([]change{{ready: true}}) }})
+		e.known = nil
 		if err != nil {
 			e.recordError(fmt.Sprintf("conntrack source: %v", err))
 			e.log.Error("state sync: conntrack source", "err", err)
 		} else {
 			waitReady = true
 			e.ctSrc = src
-			e.publishTimer = time.AfterFunc(publishAfter, src.RequestDump)
+			e.publishTimer = time.AfterFunc(publishAfter, src.RequestFullDump)
 			e.feedWG.Go(func() {
 				defer func() {
 					e.published = src.Published()
