@@ -157,9 +157,9 @@ type Engine struct {
 	// sinkStatus).
 	settleGen uint64
 	settled   bool
-	// srcReady: the source's feeds have handed over their initial dumps,
-	// so its tables are the unit's whole state and a copy of them may be
-	// served. Until then the source neither connects nor answers a Hello:
+	// srcReady: the conntrack feed has published the table (by lookups
+	// or a dump), so the source's tables stand for the unit's state and a
+	// copy of them may be served. Until then the source neither connects nor answers a Hello:
 	// a standby would otherwise take a copy of an empty table for the
 	// ACTIVE's and say IN_SYNC.
 	srcReady bool
@@ -167,9 +167,9 @@ type Engine struct {
 	// by its feed when it stops (read after stopFeeds): the next sink
 	// adopts it instead of dumping the kernel's table (ctsync.AdoptPublished).
 	published *ctsync.Published
-	// ctSrc is the running conntrack feed (loop only): its initial dump
-	// waits until a standby asks for a copy (requestPublish), or
-	// publishAfter has passed (publishTimer).
+	// ctSrc is the running conntrack feed (loop only): it publishes the
+	// table when a standby asks for a copy (requestPublish), and dumps it
+	// publishAfter the takeover (publishTimer).
 	ctSrc        *ctsync.Source
 	publishTimer *time.Timer
 	// known: the connections the sink had mirrored, for the source that
@@ -185,7 +185,7 @@ type Engine struct {
 const publishAfter = 5 * time.Second
 
 type change struct {
-	ready             bool // a feed's initial dump has been handed over (no entry)
+	ready             bool // the conntrack feed has published the table (no entry)
 	put               bool
 	table             string
 	key, value        []byte
@@ -409,8 +409,9 @@ func (e *Engine) becomeSource(now time.Time) {
 	e.announceRole()
 }
 
-// requestPublish: a standby wants a copy, so the conntrack table is dumped
-// now (the ACTIVE publishes on demand: ctsync.SourceOptions.DumpOnRequest).
+// requestPublish: a standby wants a copy, so the conntrack table is
+// published now (the ACTIVE publishes on demand:
+// ctsync.SourceOptions.DumpOnRequest).
 func (e *Engine) requestPublish() {
 	if e.ctSrc != nil && !e.srcReady {
 		e.ctSrc.RequestDump()
@@ -459,8 +460,8 @@ func (e *Engine) becomeSink(now time.Time) {
 }
 
 // startFeeds subscribes to this unit's kernel tables. It reports whether a
-// feed will say when its initial dump is in (a ready change); false: the
-// source is ready at once.
+// feed will say when it has published the table (a ready change); false:
+// the source is ready at once.
 func (e *Engine) startFeeds() (waitReady bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.feeds = cancel
@@ -485,8 +486,8 @@ func (e *Engine) startFeeds() (waitReady bool) {
 				defer func() {
 					e.published = src.Published()
 					src.Close()
-					// Failed before its initial dump was in: serve the
-					// other tables rather than nothing (no-op if ready).
+					// Failed before it published: serve the other
+					// tables rather than nothing (no-op if ready).
 					emit([]change{{ready: true}})
 				}()
 				err := src.Run(ctx, func(b []ctsync.Change) {
