@@ -162,13 +162,14 @@ func flowTimeout(v []byte) uint32 {
 // KnownKeys lists the connections this Sink knows to be in the kernel:
 // those it wrote since its last Reset and those its reconciliation found
 // there. For a Source that publishes them by lookup when this unit takes
-// over (SourceOptions.KnownKeys). Call it after Close.
+// over (SourceOptions.KnownKeys); nil when there are more than
+// MaxLookupPublish (a dump publishes them then). Call it after Close.
 func (k *Sink) KnownKeys() [][]byte {
 	k.mu.Lock()
 	closed := k.closed
 	k.mu.Unlock()
-	if !closed {
-		return nil // the writer owns the record
+	if !closed || k.meta[tCT].len()+k.adopted.len() > 2*MaxLookupPublish {
+		return nil // the writer owns the record; or too many to copy
 	}
 	out := make([][]byte, 0, k.meta[tCT].len()+k.adopted.len())
 	k.meta[tCT].each(func(key []byte, _ entryMeta) bool {

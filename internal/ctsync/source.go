@@ -105,16 +105,16 @@ type SourceOptions struct {
 	// KnownKeys are connections this unit already mirrors (a standby's
 	// record at its promotion). With DumpOnRequest, the first
 	// RequestDump publishes them by looking each one up — short system
-	// calls, no bucket walk — when there are at most maxLookupPublish;
+	// calls, no bucket walk — when there are at most MaxLookupPublish;
 	// the full dump, which also finds what the record lacks and what is
 	// gone, follows RequestFullDump (or the first periodic resync).
 	KnownKeys [][]byte
 }
 
-// maxLookupPublish bounds KnownKeys published by lookups: above it a dump
+// MaxLookupPublish bounds KnownKeys published by lookups: above it a dump
 // is cheaper (a lookup costs about what a dump pays per bucket and entry
 // together several times over).
-const maxLookupPublish = 20000
+const MaxLookupPublish = 20000
 
 func (o *SourceOptions) defaults() {
 	if o.ReadBuffer <= 0 {
@@ -459,7 +459,7 @@ func (s *Source) Run(ctx context.Context, out func(batch []Change)) error {
 		case <-s.dumpReq:
 			switch n := len(s.opts.KnownKeys); {
 			case published:
-			case n > 0 && n <= maxLookupPublish:
+			case n > 0 && n <= MaxLookupPublish:
 				if err := s.lookupPublish(ctx, em); err != nil {
 					return err
 				}

@@ -303,7 +303,7 @@ func TestSourcePublishesKnownByLookup(t *testing.T) {
 	}
 
 	// Negative control.
-	big := make([][]byte, maxLookupPublish+1)
+	big := make([][]byte, MaxLookupPublish+1)
 	for i := range big {
 		big[i] = known[i%len(known)]
 	}
