@@ -515,12 +515,10 @@ func (s *Service) onSnapResult(f snapFrame) {
 	}
 	s.st.snap.last = v
 	s.mu.Unlock()
-	if w.catchUp && (r.OK || f.Stale) {
+	if r.OK || f.Stale {
 		// The history up to the standby's new head came with the
 		// snapshot: the rest follows.
-		w.catchUp = false
-		s.sentUpTo = f.Head
-		s.push()
+		s.endCatchUp(f.Head)
 	}
 	s.catchUpByReplay()
 	switch {
@@ -537,14 +535,20 @@ func (s *Service) onSnapResult(f snapFrame) {
 // catchUpByReplay: a snapshot that stood for a standby's missing history
 // did not get there; the history is replayed instead.
 func (s *Service) catchUpByReplay() {
+	s.mu.Lock()
+	peerHead := s.st.peerHead
+	s.mu.Unlock()
+	s.endCatchUp(peerHead)
+}
+
+// endCatchUp ends a catch-up by snapshot, if one is under way: the
+// revisions after upTo are pushed.
+func (s *Service) endCatchUp(upTo uint64) {
 	if !s.snap.catchUp {
 		return
 	}
 	s.snap.catchUp = false
-	s.mu.Lock()
-	peerHead := s.st.peerHead
-	s.mu.Unlock()
-	s.sentUpTo = peerHead
+	s.sentUpTo = upTo
 	s.push()
 }
 

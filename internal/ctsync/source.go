@@ -318,7 +318,7 @@ func (s *Source) lookupPublish(ctx context.Context, em *emitter) error {
 // Sink that takes over this unit's kernel table (Sink.AdoptPublished):
 // nil until Run has returned. The Source must not be used afterwards.
 func (s *Source) Published() *Published {
-	if !s.stopped.Load() || s.live == nil {
+	if !s.stopped.Load() {
 		return nil
 	}
 	return &Published{live: s.live, at: time.Now()}
