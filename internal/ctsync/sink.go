@@ -184,6 +184,7 @@ type Sink struct {
 	job      *promoteJob
 	refresh  []*op              // timeouts still to set after a promotion (loop only, under mu)
 	release  bool               // CopyComplete asked: drop the adopted entries
+	ckpt     *checkpointJob     // Checkpoint asked (checkpoint.go)
 	held     [2]*keyMap[string] // Hold: key → value
 	pending  [2]*keyMap[pendOp] // Inject: changes not yet written
 	reset    [2]bool            // Inject: a Reset came before the pending changes
@@ -500,7 +501,7 @@ func (k *Sink) loop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for {
-		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 && !k.release {
+		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 && !k.release && k.ckpt == nil {
 			k.cond.Wait()
 		}
 		if k.closed {
@@ -508,6 +509,10 @@ func (k *Sink) loop() {
 				k.job.err = errors.New("ctsync: sink closed")
 				close(k.job.done)
 				k.job = nil
+			}
+			if k.ckpt != nil {
+				go k.ckpt.done(CheckpointInfo{}, errors.New("ctsync: sink closed"))
+				k.ckpt = nil
 			}
 			return
 		}
@@ -524,6 +529,22 @@ func (k *Sink) loop() {
 			k.mergeQueued(ops)
 			k.mu.Lock()
 			k.doneGen = gen
+			k.busy = false
+			k.cond.Broadcast()
+			continue
+		}
+		if k.ckpt != nil && k.doneGen >= k.ckpt.gen {
+			// Everything queued before the request is written.
+			j := k.ckpt
+			k.ckpt = nil
+			if k.promoted {
+				go j.done(CheckpointInfo{}, errors.New("ctsync: checkpoint refused: the sink was promoted"))
+				continue
+			}
+			k.busy = true
+			k.mu.Unlock()
+			k.takeCheckpoint(j)
+			k.mu.Lock()
 			k.busy = false
 			k.cond.Broadcast()
 			continue

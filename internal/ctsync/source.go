@@ -814,11 +814,16 @@ func (s *Source) ignoreExpect(e *conntrack.Expect) bool {
 
 // get reads one connection from the kernel.
 func (s *Source) get(t conntrack.Tuple, zone uint16) (*conntrack.Flow, error) {
+	return getFlow(s.q, t, zone)
+}
+
+// getFlow reads one connection from the kernel (ENOENT: not there).
+func getFlow(c *nlConn, t conntrack.Tuple, zone uint16) (*conntrack.Flow, error) {
 	var m msgBuf
-	seq := s.q.nextSeq()
+	seq := c.nextSeq()
 	appendFlowGet(&m, seq, t, zone)
 	var got *conntrack.Flow
-	err := s.q.request(m.b, seq, func(m nlMsg) error {
+	err := c.request(m.b, seq, func(m nlMsg) error {
 		if ev, err := decodeAs(m, subsysCT); err == nil && ev.Flow != nil {
 			got = ev.Flow
 		}

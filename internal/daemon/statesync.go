@@ -3,6 +3,7 @@ package daemon
 import (
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -58,7 +59,19 @@ func newStateSync(cfg *config.Config, key []byte, nsh netns.NsHandle, logger *sl
 		OutOfSyncAfter: cfg.Sync.OutOfSyncAfter.Duration,
 		Logger:         logger,
 		Extra:          extra,
+		CheckpointPath: checkpointPath(cfg),
 	})
+}
+
+// checkpointPath is where a standby keeps its record of the conntrack
+// entries it wrote (ctsync.Sink.Checkpoint), so that its next daemon
+// resumes the stream instead of reconciling a full copy; "" without a
+// state directory.
+func checkpointPath(cfg *config.Config) string {
+	if cfg.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(cfg.StateDir, "conntrack.checkpoint")
 }
 
 // ownFlows are the units' own addresses: the HA subnet and each unit's

@@ -82,6 +82,11 @@ type Config struct {
 	Logger         *slog.Logger
 	// Extra, when set, handles KindExtra frames (configuration sync).
 	Extra Extra
+	// CheckpointPath, when set, is where a standby saves its record of the
+	// conntrack entries it wrote with its replication position, and where
+	// its next daemon finds them to resume the stream instead of asking for
+	// a full copy (checkpoint.go).
+	CheckpointPath string
 }
 
 // Extra is another kind of state carried on the same channel.
@@ -175,6 +180,9 @@ type Engine struct {
 	// known: the connections the sink had mirrored, for the source that
 	// follows it to publish by lookup (set in becomeSource, used once).
 	known [][]byte
+	// ckpt: the standby's checkpoints (checkpoint.go).
+	ckpt     checkpointState
+	ckptDone chan checkpointResult
 }
 
 // publishAfter is when a new ACTIVE dumps its conntrack table, well after
@@ -214,6 +222,7 @@ func New(cfg Config) (*Engine, error) {
 		statusCh: make(chan ha.SyncStatus, 1),
 		changes:  make(chan []change, 64),
 		frames:   make(chan []byte, 1),
+		ckptDone: make(chan checkpointResult, 1),
 	}
 	e.status.Role = "sink"
 	e.status.SyncText = repl.SyncUnknown.String()
@@ -297,6 +306,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		now := time.Now()
 		e.flush(now)
 		e.publish(now)
+		e.maybeCheckpoint(now)
 		if d := e.nextDeadline(now); !d.IsZero() {
 			timer.Reset(max(time.Until(d), 0))
 		} else {
@@ -304,6 +314,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			e.finalCheckpoint(time.Now())
 			<-linkDone
 			return nil
 		case active := <-e.roleCh:
@@ -326,6 +337,8 @@ func (e *Engine) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-statsTick.C:
 			e.sendStats()
+		case r := <-e.ckptDone:
+			e.checkpointDone(r)
 		case <-e.writable():
 		}
 	}
@@ -353,6 +366,9 @@ func (e *Engine) nextDeadline(now time.Time) time.Time {
 		if t := now.Add(20 * time.Millisecond); d.IsZero() || t.Before(d) {
 			d = t
 		}
+	}
+	if t := e.checkpointDue(); !t.IsZero() && (d.IsZero() || t.Before(d)) {
+		d = t
 	}
 	if !e.linkUp && !e.reported && e.active {
 		if t := e.downAt.Add(e.outOfSyncAfter()); d.IsZero() || t.Before(d) {
@@ -393,6 +409,7 @@ func (e *Engine) becomeSource(now time.Time) {
 		e.store = nil
 	}
 	e.sink = nil
+	e.dropCheckpoint()
 	tables := []string{ctsync.TableConntrack, ctsync.TableExpect}
 	for _, s := range e.cfg.NftSets {
 		tables = append(tables, s.ReplTable())
@@ -437,6 +454,8 @@ func (e *Engine) becomeSink(now time.Time) {
 	e.active = false
 	e.stopFeeds()
 	e.src, e.srcReady = nil, false
+	first := e.store == nil && e.published == nil && !e.ckpt.started
+	e.ckpt.started = true
 	if e.store == nil {
 		st, err := openStore(e.cfg)
 		if err != nil {
@@ -452,6 +471,9 @@ func (e *Engine) becomeSink(now time.Time) {
 	e.published = nil
 	e.settleGen, e.settled = 0, false
 	e.sink = repl.NewSink(repl.SinkConfig{SinkID: newID(), OutOfSyncAfter: e.outOfSyncAfter(), RetryAfter: time.Second}, e.store)
+	if first {
+		e.resumeFromCheckpoint()
+	}
 	if e.linkUp {
 		e.sink.Connected(now)
 	}
