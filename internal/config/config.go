@@ -62,7 +62,10 @@ type Config struct {
 	// Control configures the local control socket used by the CLI.
 	Control Control `yaml:"control"`
 	// StateDir is an absolute path where the daemon keeps its state
-	// across restarts. Default /var/lib/tandem.
+	// across restarts: the configuration store, and on a standby the
+	// checkpoint of the conntrack entries it mirrors (conntrack.checkpoint),
+	// from which a restarted daemon resumes state sync without a full copy.
+	// Default /var/lib/tandem.
 	StateDir string `yaml:"state_dir"`
 	// Sync configures connection-state and dynamic-set synchronization.
 	Sync Sync `yaml:"sync"`

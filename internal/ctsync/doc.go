@@ -80,6 +80,14 @@
 // for being absent from the copy (adopt.go says why), and entries with
 // one of the unit's own addresses are not even recorded.
 //
+// Checkpoint saves the Sink's record of what it wrote (keys, value
+// hashes, replicated timeouts) with the caller's replication position,
+// once everything queued before is in the kernel; LoadCheckpoint gives a
+// restarted daemon's Sink that record back after checking it against the
+// kernel (same boot and namespace, no fewer connections, a sample looked
+// up), so that the stream resumes after the position with neither a full
+// copy nor a dump (checkpoint.go).
+//
 // # What the kernel does (Linux 6.18), and the choices made here
 //
 // NAT: ctnetlink does not derive NAT from a reply tuple handed to it: the

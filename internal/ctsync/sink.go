@@ -185,6 +185,7 @@ type Sink struct {
 	refresh  []*op              // timeouts still to set after a promotion (loop only, under mu)
 	release  bool               // CopyComplete asked: drop the adopted entries
 	ckpt     *checkpointJob     // Checkpoint asked (checkpoint.go)
+	load     *checkpointFile    // LoadCheckpoint's record, for the writer to build first
 	held     [2]*keyMap[string] // Hold: key → value
 	pending  [2]*keyMap[pendOp] // Inject: changes not yet written
 	reset    [2]bool            // Inject: a Reset came before the pending changes
@@ -501,7 +502,7 @@ func (k *Sink) loop() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for {
-		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 && !k.release && k.ckpt == nil {
+		for !k.closed && k.job == nil && !k.hasPending() && len(k.refresh) == 0 && !k.release && k.ckpt == nil && k.load == nil {
 			k.cond.Wait()
 		}
 		if k.closed {
@@ -515,6 +516,18 @@ func (k *Sink) loop() {
 				k.ckpt = nil
 			}
 			return
+		}
+		if c := k.load; c != nil {
+			// A loaded checkpoint's record goes first: every later
+			// decision consults it.
+			k.busy = true
+			k.mu.Unlock()
+			k.buildLoaded(c)
+			k.mu.Lock()
+			k.load = nil
+			k.busy = false
+			k.cond.Broadcast()
+			continue
 		}
 		if k.hasPending() {
 			pending, reset, gen, standby := k.pending, k.reset, k.enqGen, !k.promoted

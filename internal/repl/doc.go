@@ -28,6 +28,11 @@
 //     the change carry the key and the copy skip it, so each key reaches
 //     the sink once, in order, and the copy ends with exactly the stream's
 //     state whatever changed meanwhile.
+//   - A sink whose store outlives it (a standby's kernel table outlives a
+//     restart of its daemon) saves its [Position] (source id, seq, digests)
+//     with a record of the store; a new sink [Sink.Resume]s from it, and
+//     its Hello asks to resume after that seq like a reconnecting sink.
+//     The source's digest, sent at once, confirms the state.
 //   - Each Put carries the EntryHash of the value it replaces, and each
 //     Delete the one of the value it removes (0: none), as the sink holds
 //     them. So the sink keeps a per-table digest (XOR of EntryHash over its

@@ -29,6 +29,10 @@
 // runs publishAfter the takeover. The former ACTIVE, now a sink, reconciles
 // the copy it receives with the table it last published itself
 // (ctsync.Sink.AdoptPublished) instead of dumping its kernel.
+//
+// A standby checkpoints its conntrack record with its replication
+// position, and a restarted daemon resumes the stream from it instead of
+// taking a full copy (checkpoint.go).
 package statesync
 
 import (
