@@ -1,13 +1,16 @@
 package ctsync
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -103,28 +106,27 @@ func (k *Sink) takeCheckpoint(j *checkpointJob) {
 		return
 	}
 	maps := [4]*keyMap[entryMeta]{k.meta[tCT], k.meta[tExp], k.stale[tCT], k.stale[tExp]}
-	b := encodeCheckpoint(boot, ns, time.Now(), j.pos, maps)
 	info := CheckpointInfo{Flows: maps[0].len(), Expectations: maps[1].len(), Stale: maps[2].len() + maps[3].len()}
-	info.Bytes = len(b)
-	go func() {
-		err := writeFileAtomic(j.path, b)
-		info.Took = time.Since(start)
-		j.done(info, err)
-	}()
+	// Written from here, through a small buffer: a million entries'
+	// encoding held in memory would add ~30 bytes per entry to the
+	// standby's footprint until the next collection.
+	info.Bytes, err = writeFileAtomic(j.path, func(w io.Writer) error {
+		return encodeCheckpoint(w, boot, ns, time.Now(), j.pos, maps)
+	})
+	info.Took = time.Since(start)
+	go j.done(info, err)
 }
 
-// encodeCheckpoint lays out a checkpoint file: magic | boot id bytes |
+// encodeCheckpoint writes a checkpoint file to w: magic | boot id bytes |
 // namespace u64 | saved (Unix ns) u64 | position bytes | 4 × count uv |
 // the four maps' records in that order (meta conntrack, meta expect, stale
 // conntrack, stale expect), each key bytes | timeout uv | fp u32 | value
 // hash u32 | CRC-32C u32 of everything before. bytes is a uv length and
 // the bytes.
-func encodeCheckpoint(boot string, ns uint64, saved time.Time, pos []byte, maps [4]*keyMap[entryMeta]) []byte {
-	size := 64 + len(pos)
-	for _, m := range maps {
-		size += 32 * m.len()
-	}
-	b := make([]byte, 0, size)
+func encodeCheckpoint(w io.Writer, boot string, ns uint64, saved time.Time, pos []byte, maps [4]*keyMap[entryMeta]) error {
+	crc := crc32.New(crcTable)
+	bw := bufio.NewWriterSize(io.MultiWriter(w, crc), 64<<10)
+	b := make([]byte, 0, 128+len(pos))
 	b = append(b, checkpointMagic...)
 	b = appendBytes(b, []byte(boot))
 	b = binary.BigEndian.AppendUint64(b, ns)
@@ -133,18 +135,27 @@ func encodeCheckpoint(boot string, ns uint64, saved time.Time, pos []byte, maps 
 	for _, m := range maps {
 		b = binary.AppendUvarint(b, uint64(m.len()))
 	}
+	_, err := bw.Write(b)
 	var y sched.Yielder
 	for _, m := range maps {
 		m.each(func(key []byte, e entryMeta) bool {
 			y.Pause()
-			b = appendBytes(b, key)
+			b = appendBytes(b[:0], key)
 			b = binary.AppendUvarint(b, uint64(e.timeout))
 			b = binary.BigEndian.AppendUint32(b, e.fp)
 			b = binary.BigEndian.AppendUint32(b, e.vh)
-			return true
+			_, err = bw.Write(b)
+			return err == nil
 		})
 	}
-	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(binary.BigEndian.AppendUint32(nil, crc.Sum32()))
+	return err
 }
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -154,15 +165,40 @@ func appendBytes(b, v []byte) []byte {
 	return append(b, v...)
 }
 
-func writeFileAtomic(path string, b []byte) error {
+// writeFileAtomic writes a file beside path with write and renames it
+// over path; it returns the bytes written.
+func writeFileAtomic(path string, write func(io.Writer) error) (int, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
+		return 0, err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return 0, err
 	}
-	return os.Rename(tmp, path)
+	cw := &countingWriter{w: f}
+	err = write(cw)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+	}
+	return cw.n, err
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += n
+	return n, err
 }
 
 // kernelIdentity names the kernel boot and the namespace whose table this
@@ -259,6 +295,11 @@ func (k *Sink) buildLoaded(c *checkpointFile) {
 	k.meta = [2]*keyMap[entryMeta]{maps[0], maps[1]}
 	k.stale = [2]*keyMap[entryMeta]{maps[2], maps[3]}
 	k.countMeta()
+	big := len(c.records) > bigCopy*16
+	c.records = nil
+	if big {
+		debug.FreeOSMemory() // the file's bytes are garbage now
+	}
 	k.log.Info("checkpoint: record rebuilt", "flows", maps[0].len(), "took", time.Since(start))
 }
 

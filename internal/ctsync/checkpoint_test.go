@@ -1,6 +1,7 @@
 package ctsync
 
 import (
+	"bytes"
 	"encoding/binary"
 	"hash/crc32"
 	"os"
@@ -190,10 +191,18 @@ func testCheckpointMaps(n int) [4]*keyMap[entryMeta] {
 	return maps
 }
 
+func encodeTest(t testing.TB, boot string, ns uint64, saved time.Time, pos []byte, maps [4]*keyMap[entryMeta]) []byte {
+	var buf bytes.Buffer
+	if err := encodeCheckpoint(&buf, boot, ns, saved, pos, maps); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
 func TestCheckpointEncoding(t *testing.T) {
 	maps := testCheckpointMaps(1000)
 	saved := time.Unix(1_800_000_000, 42)
-	b := encodeCheckpoint("boot-1", 0x1234, saved, []byte("pos"), maps)
+	b := encodeTest(t, "boot-1", 0x1234, saved, []byte("pos"), maps)
 	c, err := parseCheckpoint(b)
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +239,7 @@ func TestCheckpointEncoding(t *testing.T) {
 // may have damaged; parsing never panics. The CRC is recomputed over the
 // fuzzed body so that the parser behind it is exercised too.
 func FuzzParseCheckpoint(f *testing.F) {
-	f.Add(encodeCheckpoint("b", 1, time.Unix(1, 0), []byte("p"), testCheckpointMaps(20)))
+	f.Add(encodeTest(f, "b", 1, time.Unix(1, 0), []byte("p"), testCheckpointMaps(20)))
 	f.Add([]byte("TCKP\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = parseCheckpoint(b)
@@ -246,7 +255,7 @@ func FuzzParseCheckpoint(f *testing.F) {
 // checkpoint of N connections (-ctsync.n) and rebuilding its record.
 func BenchmarkParseCheckpoint(b *testing.B) {
 	n := *benchN
-	buf := encodeCheckpoint("boot", 1, time.Now(), []byte("pos"), testCheckpointMaps(n))
+	buf := encodeTest(b, "boot", 1, time.Now(), []byte("pos"), testCheckpointMaps(n))
 	b.ReportMetric(float64(len(buf))/float64(n), "bytes/entry")
 	b.ResetTimer()
 	for b.Loop() {
