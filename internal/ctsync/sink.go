@@ -1,12 +1,14 @@
 package ctsync
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -152,6 +154,7 @@ func tableIndex(name string) int {
 type pendOp struct {
 	del bool
 	val string
+	gen uint64 // enqGen when queued: the writer goes in this order
 }
 
 // entryMeta is what an injecting sink remembers of an entry it wrote: its
@@ -296,8 +299,8 @@ func (k *Sink) Put(table string, key, value []byte) {
 		k.held[t].set(key, string(value))
 		return
 	}
-	k.pending[t].set(key, pendOp{val: string(value)})
 	k.enqGen++
+	k.pending[t].set(key, pendOp{val: string(value), gen: k.enqGen})
 	k.cond.Broadcast()
 }
 
@@ -318,8 +321,8 @@ func (k *Sink) Delete(table string, key []byte) {
 		k.held[t].del(key)
 		return
 	}
-	k.pending[t].set(key, pendOp{del: true})
 	k.enqGen++
+	k.pending[t].set(key, pendOp{del: true, gen: k.enqGen})
 	k.cond.Broadcast()
 }
 
@@ -707,7 +710,7 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 			}
 			slab = slab[:len(slab)+1]
 			o := &slab[len(slab)-1]
-			o.table, o.key, o.val, o.standby, o.vh = uint8(t), string(key), p.val, standby, vh
+			o.table, o.key, o.val, o.standby, o.vh, o.gen = uint8(t), string(key), p.val, standby, vh, p.gen
 			if p.del {
 				o.kind = opDel
 			}
@@ -720,8 +723,18 @@ func (k *Sink) queuedOps(pending [2]*keyMap[pendOp], reset [2]bool, standby bool
 	}
 	k.unchanged.Add(uint64(unchanged))
 	k.countMeta()
+	if len(ops) <= fifoMax {
+		// Oldest first: a map hands them over in random order, and a
+		// change queued first but written last waits a whole round more
+		// (the standby's replication lag doubles in its tail).
+		slices.SortFunc(ops, func(a, b *op) int { return cmp.Compare(a.gen, b.gen) })
+	}
 	return ops
 }
+
+// fifoMax is the largest round of changes put in queue order; a bigger one
+// is a copy, where the order does not matter and sorting would cost.
+const fifoMax = 1 << 16
 
 func (k *Sink) countMeta() {
 	for t := range 2 {
@@ -911,6 +924,7 @@ type op struct {
 	val      string
 	prevFP   uint32
 	vh       uint32 // valueHash(val) of a connection put
+	gen      uint64 // when it was queued (pendOp.gen)
 
 	stage                        opStage
 	recreated                    bool
