@@ -111,7 +111,7 @@ func (k *Sink) takeCheckpoint(j *checkpointJob) {
 	// encoding held in memory would add ~30 bytes per entry to the
 	// standby's footprint until the next collection.
 	info.Bytes, err = writeFileAtomic(j.path, func(w io.Writer) error {
-		return encodeCheckpoint(w, boot, ns, time.Now(), j.pos, maps)
+		return encodeCheckpoint(w, boot, ns, time.Now(), j.pos, maps, k.stopWriting.Load)
 	})
 	info.Took = time.Since(start)
 	go j.done(info, err)
@@ -123,7 +123,10 @@ func (k *Sink) takeCheckpoint(j *checkpointJob) {
 // conntrack, stale expect), each key bytes | timeout uv | fp u32 | value
 // hash u32 | CRC-32C u32 of everything before. bytes is a uv length and
 // the bytes.
-func encodeCheckpoint(w io.Writer, boot string, ns uint64, saved time.Time, pos []byte, maps [4]*keyMap[entryMeta]) error {
+//
+// abort (when not nil) is asked every 1024 records: a promotion or Close
+// must not wait for a checkpoint of a million entries.
+func encodeCheckpoint(w io.Writer, boot string, ns uint64, saved time.Time, pos []byte, maps [4]*keyMap[entryMeta], abort func() bool) error {
 	crc := crc32.New(crcTable)
 	bw := bufio.NewWriterSize(io.MultiWriter(w, crc), 64<<10)
 	b := make([]byte, 0, 128+len(pos))
@@ -135,11 +138,21 @@ func encodeCheckpoint(w io.Writer, boot string, ns uint64, saved time.Time, pos 
 	for _, m := range maps {
 		b = binary.AppendUvarint(b, uint64(m.len()))
 	}
-	_, err := bw.Write(b)
+	if _, err := bw.Write(b); err != nil {
+		return err
+	}
+	var err error
 	var y sched.Yielder
+	n := 0
 	for _, m := range maps {
 		m.each(func(key []byte, e entryMeta) bool {
-			y.Pause()
+			if n++; n%1024 == 0 {
+				y.Pause()
+				if abort != nil && abort() {
+					err = errCheckpointAborted
+					return false
+				}
+			}
 			b = appendBytes(b[:0], key)
 			b = binary.AppendUvarint(b, uint64(e.timeout))
 			b = binary.BigEndian.AppendUint32(b, e.fp)
@@ -147,11 +160,11 @@ func encodeCheckpoint(w io.Writer, boot string, ns uint64, saved time.Time, pos 
 			_, err = bw.Write(b)
 			return err == nil
 		})
+		if err != nil {
+			return err
+		}
 	}
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err != nil {
+	if err := bw.Flush(); err != nil {
 		return err
 	}
 	_, err = w.Write(binary.BigEndian.AppendUint32(nil, crc.Sum32()))
@@ -159,6 +172,8 @@ func encodeCheckpoint(w io.Writer, boot string, ns uint64, saved time.Time, pos 
 }
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+var errCheckpointAborted = errors.New("ctsync: checkpoint abandoned: the sink is being promoted or closed")
 
 func appendBytes(b, v []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(v)))

@@ -215,6 +215,10 @@ type Sink struct {
 	// adopts it instead of dumping the kernel (AdoptPublished).
 	published *Published
 
+	// stopWriting: a promotion or Close is waiting, so a checkpoint being
+	// written gives up (checkpoint.go).
+	stopWriting atomic.Bool
+
 	nMeta  [2]atomic.Int64
 	nStale atomic.Int64
 
@@ -435,6 +439,7 @@ func (k *Sink) Stats() SinkStats {
 // Close stops the writer (after the batch it is writing) and releases the
 // sockets. Changes not yet written are dropped.
 func (k *Sink) Close() error {
+	k.stopWriting.Store(true)
 	k.mu.Lock()
 	if k.closed {
 		k.mu.Unlock()
@@ -471,6 +476,7 @@ type promoteJob struct {
 // Cancelling ctx stops the promotion between two batches.
 func (k *Sink) Promote(ctx context.Context) (PromoteStats, error) {
 	start := time.Now()
+	k.stopWriting.Store(true)
 	k.mu.Lock()
 	if k.closed {
 		k.mu.Unlock()
