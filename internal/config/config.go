@@ -131,6 +131,13 @@ type HALink struct {
 	// declared dead: at least 3 x HeartbeatInterval and at most 60s.
 	// Default (and meaning of 0 in a file) 3 x HeartbeatInterval.
 	DeadInterval Duration `yaml:"dead_interval"`
+	// DeadIntervalMax is the most the dead interval stretches to while the
+	// peer's heartbeats have lately come late (its host held it, and it
+	// came back): for 30 s after such a gap the peer is declared dead only
+	// after twice that gap, between dead_interval and this. Equal to
+	// dead_interval: never stretched. At most 60s. Default (and meaning of
+	// 0 in a file) 4 x dead_interval.
+	DeadIntervalMax Duration `yaml:"dead_interval_max"`
 	// LinkHolddown is how long a watched link must stay up after a failure
 	// before the unit leaves FAULT (0..10m). Default 2s.
 	LinkHolddown Duration `yaml:"link_holddown"`
@@ -182,6 +189,7 @@ func Default() Config {
 			Port:              7480,
 			HeartbeatInterval: Duration{100 * time.Millisecond},
 			DeadInterval:      Duration{300 * time.Millisecond},
+			DeadIntervalMax:   Duration{1200 * time.Millisecond},
 			LinkHolddown:      Duration{2 * time.Second},
 			AnnounceCount:     3,
 			AnnounceInterval:  Duration{10 * time.Millisecond},
@@ -200,6 +208,9 @@ func Default() Config {
 func (c *Config) fillDerived() {
 	if c.HALink.DeadInterval.Duration == 0 {
 		c.HALink.DeadInterval.Duration = 3 * c.HALink.HeartbeatInterval.Duration
+	}
+	if c.HALink.DeadIntervalMax.Duration == 0 {
+		c.HALink.DeadIntervalMax.Duration = max(min(4*c.HALink.DeadInterval.Duration, time.Minute), c.HALink.DeadInterval.Duration)
 	}
 	if c.Node.Priority == 0 {
 		c.Node.Priority = int(rolePriority(c.Node.Role))

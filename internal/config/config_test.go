@@ -74,6 +74,7 @@ func wantV4() *Config {
 			Port:              7480,
 			HeartbeatInterval: ms(100),
 			DeadInterval:      ms(300),
+			DeadIntervalMax:   ms(1200),
 			LinkHolddown:      ms(2000),
 			AnnounceCount:     3,
 			AnnounceInterval:  ms(10),
@@ -466,7 +467,7 @@ func TestDefault(t *testing.T) {
 	want := Config{
 		Cluster: Cluster{Preempt: true, PreemptDelay: ms(10000)},
 		Node:    Node{RealtimePriority: 50, RealtimeSoftirq: true},
-		HALink: HALink{Port: 7480, HeartbeatInterval: ms(100), DeadInterval: ms(300),
+		HALink: HALink{Port: 7480, HeartbeatInterval: ms(100), DeadInterval: ms(300), DeadIntervalMax: ms(1200),
 			LinkHolddown: ms(2000), AnnounceCount: 3, AnnounceInterval: ms(10)},
 		Control:    Control{Socket: "/run/tandem/tandem.sock"},
 		StateDir:   "/var/lib/tandem",

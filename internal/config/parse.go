@@ -30,6 +30,7 @@ func Parse(data []byte) (*Config, error) {
 	cfg := Default()
 	// Derived from heartbeat_interval unless the file sets it.
 	cfg.HALink.DeadInterval = Duration{}
+	cfg.HALink.DeadIntervalMax = Duration{}
 	if root != nil {
 		// yaml.v3 stops at the first bad prefix and reports the rest by
 		// line only; the walk finds every decode problem by path first.

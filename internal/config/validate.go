@@ -145,6 +145,12 @@ func (c *Config) validateHALink(p *Problems) {
 	} else if h.DeadInterval.Duration > time.Minute {
 		p.add("ha_link.dead_interval", fmtDur(h.DeadInterval.Duration), "must be at most 1m; lower it so that a failed peer is detected in time")
 	}
+	if h.DeadIntervalMax.Duration < h.DeadInterval.Duration {
+		p.add("ha_link.dead_interval_max", fmtDur(h.DeadIntervalMax.Duration),
+			"must be at least dead_interval (%s); set it equal to dead_interval to never stretch the dead interval", fmtDur(h.DeadInterval.Duration))
+	} else if h.DeadIntervalMax.Duration > max(time.Minute, h.DeadInterval.Duration) {
+		p.add("ha_link.dead_interval_max", fmtDur(h.DeadIntervalMax.Duration), "must be at most 1m; lower it so that a failed peer is detected in time")
+	}
 	durRange(p, "ha_link.link_holddown", h.LinkHolddown, 0, 10*time.Minute)
 	if h.AnnounceCount < 1 || h.AnnounceCount > 100 {
 		p.add("ha_link.announce_count", strconv.Itoa(h.AnnounceCount), "must be between 1 and 100; leave it out for the default 3")

@@ -129,6 +129,9 @@ type Daemon struct {
 	// graceUntil holds Ticks back after this loop was itself stalled
 	// (see stalled).
 	graceUntil time.Time
+	// deadNow is the dead interval in force as last logged (the machine
+	// stretches it after the peer's late heartbeats: ha/tolerance.go).
+	deadNow time.Duration
 	steal      stealMeter
 
 	cfgDiffSince time.Time // when the units' config heads started to differ (zero: they agree)
@@ -223,6 +226,7 @@ func (d *Daemon) machineConfig() ha.Config {
 		PreemptDelay:      d.cfg.Cluster.PreemptDelay.Duration,
 		HeartbeatInterval: d.cfg.HALink.HeartbeatInterval.Duration,
 		DeadInterval:      d.cfg.HALink.DeadInterval.Duration,
+		DeadIntervalMax:   d.cfg.HALink.DeadIntervalMax.Duration,
 		LinkHolddown:      d.cfg.HALink.LinkHolddown.Duration,
 		Paths:             names,
 		BootID:            d.bootID,
@@ -282,6 +286,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 			d.trackConfig(r.At)
 			d.apply(r.At, d.m.HeartbeatReceived(r.At, r.Path, advertOf(&r.HB)))
+			d.logDeadInterval(r.At)
 		case <-hb.C:
 			d.send()
 		case <-deadline.C:
@@ -290,6 +295,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				continue
 			}
 			d.apply(now, d.m.Tick(now))
+			d.logDeadInterval(now)
 		case ev := <-d.opts.Links:
 			now := time.Now()
 			d.log.Info("watched link", "link", ev.Name, "up", ev.Up, "reason", ev.Reason)
@@ -406,6 +412,23 @@ func (d *Daemon) stalled(now time.Time) bool {
 	d.graceUntil = now.Add(dead)
 	d.next = d.graceUntil
 	return true
+}
+
+// logDeadInterval says when the dead interval in force changes.
+func (d *Daemon) logDeadInterval(now time.Time) {
+	di := d.m.DeadInterval(now)
+	if d.deadNow == 0 {
+		d.deadNow = d.cfg.HALink.DeadInterval.Duration
+	}
+	if di == d.deadNow {
+		return
+	}
+	if di > d.cfg.HALink.DeadInterval.Duration {
+		d.log.Warn("the peer's heartbeats came late: dead interval stretched for 30 s", "dead_interval", di, "configured", d.cfg.HALink.DeadInterval.Duration, "max", d.cfg.HALink.DeadIntervalMax.Duration)
+	} else {
+		d.log.Info("dead interval back to its configured value", "dead_interval", di)
+	}
+	d.deadNow = di
 }
 
 // stallSlack is how late a deadline may fire, or a heartbeat go out,

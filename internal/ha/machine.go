@@ -49,6 +49,7 @@ type peerView struct {
 	heard    []time.Time // per path: last authentic heartbeat
 	gone     bool        // resigned; heartbeats of goneBoot are ignored
 	goneBoot uint64
+	late     lateTracker // late heartbeats stretch the dead interval (tolerance.go)
 }
 
 // New returns a machine in INIT, started at now.
@@ -119,11 +120,13 @@ func (m *Machine) HeartbeatReceived(now time.Time, path int, a Advert) Result {
 			p.gone, p.goneBoot = true, a.BootID
 			p.known, p.advert = true, a
 			clear(p.heard)
+			p.late.reset()
 		case p.gone && a.BootID == p.goneBoot:
 			// A late heartbeat from a run that already resigned.
 		default:
 			p.gone = false
 			p.heard[path] = now
+			p.late.heard(&m.cfg, now, a.BootID)
 			if p.known && p.advert.newerThan(a) {
 				return // a late advert; the path is alive, the content stale
 			}
@@ -250,8 +253,9 @@ func (m *Machine) peerAlive(now time.Time) bool {
 	if m.peer.gone {
 		return false
 	}
+	dead := m.deadInterval(now)
 	for _, t := range m.peer.heard {
-		if !t.IsZero() && now.Sub(t) < m.cfg.DeadInterval {
+		if !t.IsZero() && now.Sub(t) < dead {
 			return true
 		}
 	}
@@ -282,6 +286,9 @@ func (m *Machine) evaluate(now time.Time, r *Result) {
 		return
 	}
 	alive := m.peerAlive(now)
+	if !alive {
+		m.peer.late.reset() // a silence it did not survive is no late heartbeat
+	}
 	p := m.peer.advert
 	if !(m.state == StateStandby && alive && p.State == StateActive) {
 		m.peerActiveSince = time.Time{}
@@ -452,10 +459,14 @@ func (m *Machine) NextDeadline(now time.Time) time.Time {
 		return next
 	}
 	if !m.peer.gone {
+		dead := m.deadInterval(now)
 		for _, t := range m.peer.heard {
 			if !t.IsZero() {
-				consider(t.Add(m.cfg.DeadInterval))
+				consider(t.Add(dead))
 			}
+		}
+		if dead != m.cfg.DeadInterval {
+			consider(m.peer.late.until) // the stretch ends
 		}
 	}
 	switch m.state {

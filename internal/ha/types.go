@@ -124,7 +124,11 @@ type Config struct {
 	PreemptDelay      time.Duration
 	HeartbeatInterval time.Duration
 	DeadInterval      time.Duration
-	LinkHolddown      time.Duration
+	// DeadIntervalMax is the most the dead interval stretches to while the
+	// peer's heartbeats have lately come late (tolerance.go); at most
+	// DeadInterval: never stretched.
+	DeadIntervalMax time.Duration
+	LinkHolddown    time.Duration
 	// Paths names the heartbeat paths; index 0 is the HA link, the others
 	// the watched interfaces. Heartbeats arrive tagged with this index.
 	Paths []string

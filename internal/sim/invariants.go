@@ -71,7 +71,7 @@ func (c *checker) expectTakeover(j int, why string) {
 	if !n.Up || n.M.State() != ha.StateStandby || c.linksDown(j) {
 		return
 	}
-	bound := c.s.T.Dead + c.s.T.Heartbeat + c.s.T.MaxDelay
+	bound := c.s.T.deadBound() + c.s.T.Heartbeat + c.s.T.MaxDelay
 	mark := c.disruptions
 	boot := n.boot
 	c.s.at(c.s.Now.Add(bound+time.Nanosecond), func() {
@@ -155,9 +155,9 @@ func (c *checker) check() error {
 	} else if c.noActiveSince.IsZero() {
 		c.noActiveSince = now
 	}
-	quiet := T.Holddown + 3*T.Dead + 3*T.Heartbeat + 2*T.MaxDelay
+	quiet := T.Holddown + 3*T.deadBound() + 3*T.Heartbeat + 2*T.MaxDelay
 	if now.Sub(c.lastDisruption) > quiet && len(active) == 0 && c.anyEligible() {
-		if gap := now.Sub(c.noActiveSince); gap > T.Dead+T.Heartbeat+T.MaxDelay {
+		if gap := now.Sub(c.noActiveSince); gap > T.deadBound()+T.Heartbeat+T.MaxDelay {
 			c.fail("no ACTIVE for %v although a healthy unit is up", gap)
 		}
 	}

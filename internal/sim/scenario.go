@@ -25,8 +25,8 @@ type Outcome struct {
 }
 
 func (o Outcome) String() string {
-	return fmt.Sprintf("seed %d (%s, hb %v dead %v preempt %v delay %v holddown %v maxdelay %v, %d paths, %d events)",
-		o.Seed, o.Family, o.Timing.Heartbeat, o.Timing.Dead, o.Timing.Preempt, o.Timing.PreemptDelay,
+	return fmt.Sprintf("seed %d (%s, hb %v dead %v (max %v) preempt %v delay %v holddown %v maxdelay %v, %d paths, %d events)",
+		o.Seed, o.Family, o.Timing.Heartbeat, o.Timing.Dead, o.Timing.DeadMax, o.Timing.Preempt, o.Timing.PreemptDelay,
 		o.Timing.Holddown, o.Timing.MaxDelay, o.Paths, o.Events)
 }
 
@@ -65,7 +65,7 @@ func Run(seed uint64, o Options) Outcome {
 
 func randomTiming(rng *rand.Rand) Timing {
 	hb := []time.Duration{5 * time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond}[rng.IntN(4)]
-	return Timing{
+	t := Timing{
 		Heartbeat:    hb,
 		Dead:         hb * time.Duration(3+rng.IntN(3)),
 		PreemptDelay: []time.Duration{0, 2 * hb, 20 * hb}[rng.IntN(3)],
@@ -73,6 +73,10 @@ func randomTiming(rng *rand.Rand) Timing {
 		Preempt:      rng.IntN(3) > 0,
 		MaxDelay:     time.Duration(rng.Int64N(int64(hb/2) + 1)),
 	}
+	if rng.IntN(2) == 0 {
+		t.DeadMax = t.Dead * time.Duration(2+rng.IntN(3)) // as the daemon's default (4x)
+	}
+	return t
 }
 
 // startBoth boots both units a little apart, as two boxes do.

@@ -33,7 +33,14 @@ type Timing struct {
 	Preempt      bool
 	// MaxDelay bounds the one-way network delay of every path.
 	MaxDelay time.Duration
+	// DeadMax lets the dead interval stretch after late heartbeats
+	// (ha.Config.DeadIntervalMax); 0: never.
+	DeadMax time.Duration
 }
+
+// deadBound is the longest a unit may wait before declaring a silent peer
+// dead.
+func (t Timing) deadBound() time.Duration { return max(t.Dead, t.DeadMax) }
 
 // PathState is the condition of one path, the same in both directions.
 type PathState struct {
@@ -129,7 +136,7 @@ func (s *Sim) Start(i int) {
 	}
 	n.M = ha.New(ha.Config{
 		Role: n.Role, Priority: prio, Preempt: s.T.Preempt, PreemptDelay: s.T.PreemptDelay,
-		HeartbeatInterval: s.T.Heartbeat, DeadInterval: s.T.Dead, LinkHolddown: s.T.Holddown,
+		HeartbeatInterval: s.T.Heartbeat, DeadInterval: s.T.Dead, DeadIntervalMax: s.T.DeadMax, LinkHolddown: s.T.Holddown,
 		Paths: s.PathNames(), BootID: n.boot,
 	}, s.Now)
 	s.tracef("%s boots (boot %d)", n.Name, n.boot)
