@@ -132,7 +132,7 @@ type Daemon struct {
 	// deadNow is the dead interval in force as last logged (the machine
 	// stretches it after the peer's late heartbeats: ha/tolerance.go).
 	deadNow time.Duration
-	steal      stealMeter
+	steal   stealMeter
 
 	cfgDiffSince time.Time // when the units' config heads started to differ (zero: they agree)
 

@@ -16,7 +16,10 @@
 //   - The peer is alive while any path (the HA link or a watched interface)
 //     delivered a heartbeat within the dead interval. A STANDBY takes over only
 //     when the peer is dead on all paths, resigned, in FAULT, or hands over;
-//     losing the HA link alone never causes a failover.
+//     losing the HA link alone never causes a failover. A peer whose
+//     heartbeats came late and that survived it (its host held it) gets a
+//     longer dead interval for a while, up to DeadIntervalMax
+//     (tolerance.go).
 //   - When nobody is ACTIVE the election picks, in order: the healthy unit,
 //     the one not moved off ACTIVE by hand (Yield), the one not OUT_OF_SYNC,
 //     the one asking to take over, higher priority, the primary role, the
