@@ -92,8 +92,8 @@ func (k *Sink) Checkpoint(path string, pos []byte, done func(CheckpointInfo, err
 	k.cond.Broadcast()
 }
 
-// takeCheckpoint runs on the writer goroutine: it encodes the record and
-// hands the file write to another goroutine.
+// takeCheckpoint runs on the writer goroutine: it writes the record to
+// the file and reports to the caller from another goroutine.
 func (k *Sink) takeCheckpoint(j *checkpointJob) {
 	start := time.Now()
 	if n := k.failed[tCT].len() + k.failed[tExp].len() + k.orphans.len() + k.adopted.len(); n > 0 {

@@ -555,8 +555,9 @@ func (k *Sink) loop() {
 			k.cond.Broadcast()
 			continue
 		}
-		if k.ckpt != nil && k.doneGen >= k.ckpt.gen {
-			// Everything queued before the request is written.
+		if k.ckpt != nil && k.doneGen >= k.ckpt.gen && !k.release {
+			// Everything queued before the request is written (and a
+			// finished copy's adopted entries dropped first).
 			j := k.ckpt
 			k.ckpt = nil
 			if k.promoted {

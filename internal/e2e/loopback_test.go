@@ -28,6 +28,12 @@ type pair struct {
 	preempt time.Duration
 }
 
+// newPair writes the configurations of a pair on loopback. The dead
+// interval never stretches (dead_interval_max = dead_interval): these
+// tests time the rules at the configured dead interval — after the
+// frozen-together rounds of TestLoopbackFrozenTogetherNoFailover a
+// stretched one would also survive its negative control. The stretch has
+// its own tests in internal/ha.
 func newPair(t testing.TB, hb, dead, preemptDelay time.Duration) *pair {
 	t.Helper()
 	p := &pair{dir: t.TempDir(), port: 20000 + mrand.IntN(30000), hb: hb, dead: dead, preempt: preemptDelay}
@@ -41,7 +47,7 @@ func newPair(t testing.TB, hb, dead, preemptDelay time.Duration) *pair {
 	for _, n := range []struct{ name, role string }{{"fw-a", "primary"}, {"fw-b", "secondary"}} {
 		cfg := fmt.Sprintf(`cluster: {id: 7, auth_key_file: cluster.key, preempt: true, preempt_delay: %s}
 node: {name: %s, role: %s, realtime_softirq: false}
-ha_link: {interface: lo, primary_address: 127.0.0.1/8, secondary_address: 127.0.0.2/8, port: %d, heartbeat_interval: %s, dead_interval: %s}
+ha_link: {interface: lo, primary_address: 127.0.0.1/8, secondary_address: 127.0.0.2/8, port: %d, heartbeat_interval: %s, dead_interval: %s, dead_interval_max: %[6]s}
 control: {socket: %s}
 state_dir: %s
 sync: {conntrack: false}  # both units share this machine's conntrack table

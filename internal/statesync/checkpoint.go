@@ -48,16 +48,20 @@ const (
 type checkpointState struct {
 	started     bool      // the sink has started once (the checkpoint is loaded only then)
 	busy        bool      // a checkpoint is being written
-	seq         uint64    // position of the last checkpoint written or loaded
+	saved       streamPos // position of the last checkpoint written or loaded
 	at          time.Time // when it was taken (zero: none this run)
-	seenSeq     uint64    // the sink's seq at the last look
+	held        streamPos // the sink's position as last published
+	seen        streamPos // ... at the last look
 	seqChanged  time.Time // when it last changed
 	failures    int
 	lastFailure string
 }
 
+// streamPos is a point of one source run's stream.
+type streamPos struct{ source, seq uint64 }
+
 type checkpointResult struct {
-	seq  uint64
+	pos  streamPos
 	info ctsync.CheckpointInfo
 	err  error
 }
@@ -90,7 +94,8 @@ func (e *Engine) resumeFromCheckpoint() {
 		e.log.Warn("state sync: checkpoint position unusable; the ACTIVE sends a full copy", "err", err)
 		return
 	}
-	e.ckpt.seq, e.ckpt.seenSeq = pos.Seq, pos.Seq
+	e.ckpt.saved = streamPos{pos.SourceID, pos.Seq}
+	e.ckpt.seen = e.ckpt.saved
 	e.log.Info("state sync: resuming from the checkpoint", "seq", pos.Seq, "flows", info.Flows,
 		"expectations", info.Expectations, "age", time.Since(info.Saved).Round(time.Millisecond), "took", info.Took)
 }
@@ -109,7 +114,7 @@ func (e *Engine) checkpointPosition() (repl.Position, bool) {
 // wanted now).
 func (e *Engine) checkpointDue() time.Time {
 	if !e.checkpointsOn() || e.ckpt.busy || e.sink == nil || e.store == nil || e.store.ct == nil ||
-		!e.settled || e.lastSync != repl.SyncInSync || e.ckpt.seenSeq == e.ckpt.seq {
+		!e.settled || e.lastSync != repl.SyncInSync || e.ckpt.seen == e.ckpt.saved {
 		return time.Time{}
 	}
 	t := later(e.ckpt.seqChanged.Add(checkpointQuiet), e.ckpt.at.Add(checkpointEvery))
@@ -131,8 +136,8 @@ func (e *Engine) maybeCheckpoint(now time.Time) {
 	if e.sink == nil {
 		return
 	}
-	if s := e.status.Seq; s != e.ckpt.seenSeq {
-		e.ckpt.seenSeq, e.ckpt.seqChanged = s, now
+	if e.ckpt.held != e.ckpt.seen {
+		e.ckpt.seen, e.ckpt.seqChanged = e.ckpt.held, now
 	}
 	due := e.checkpointDue()
 	if due.IsZero() || now.Before(due) {
@@ -149,8 +154,9 @@ func (e *Engine) startCheckpoint(now time.Time) bool {
 	}
 	e.ckpt.busy = true
 	done := e.ckptDone
+	at := streamPos{pos.SourceID, pos.Seq}
 	e.store.ct.Checkpoint(e.cfg.CheckpointPath, repl.AppendPosition(nil, pos), func(info ctsync.CheckpointInfo, err error) {
-		done <- checkpointResult{seq: pos.Seq, info: info, err: err}
+		done <- checkpointResult{pos: at, info: info, err: err}
 	})
 	return true
 }
@@ -168,8 +174,8 @@ func (e *Engine) checkpointDone(r checkpointResult) {
 			e.log.Warn("state sync: checkpoint not written", "err", r.err)
 		}
 	default:
-		e.ckpt.seq = r.seq
-		e.log.Debug("state sync: checkpoint written", "seq", r.seq, "flows", r.info.Flows, "bytes", r.info.Bytes, "took", r.info.Took)
+		e.ckpt.saved = r.pos
+		e.log.Debug("state sync: checkpoint written", "seq", r.pos.seq, "flows", r.info.Flows, "bytes", r.info.Bytes, "took", r.info.Took)
 	}
 }
 
@@ -184,7 +190,7 @@ func (e *Engine) finalCheckpoint(now time.Time) {
 			return
 		}
 	}
-	if pos, ok := e.checkpointPosition(); !ok || pos.Seq == e.ckpt.seq {
+	if pos, ok := e.checkpointPosition(); !ok || (streamPos{pos.SourceID, pos.Seq}) == e.ckpt.saved {
 		return
 	}
 	if !e.startCheckpoint(now) {
@@ -194,7 +200,7 @@ func (e *Engine) finalCheckpoint(now time.Time) {
 	case r := <-e.ckptDone:
 		e.checkpointDone(r)
 		if r.err == nil {
-			e.log.Info("state sync: checkpoint written for the next start", "seq", r.seq, "flows", r.info.Flows, "took", r.info.Took)
+			e.log.Info("state sync: checkpoint written for the next start", "seq", r.pos.seq, "flows", r.info.Flows, "took", r.info.Took)
 		}
 	case <-time.After(finalCheckpointWait):
 		e.log.Warn("state sync: the last checkpoint took too long; the next start may need a full copy")
@@ -204,7 +210,7 @@ func (e *Engine) finalCheckpoint(now time.Time) {
 // dropCheckpoint removes the checkpoint: this unit's kernel is no longer a
 // standby's copy.
 func (e *Engine) dropCheckpoint() {
-	e.ckpt.seq, e.ckpt.at = 0, time.Time{}
+	e.ckpt.saved, e.ckpt.at = streamPos{}, time.Time{}
 	if e.cfg.CheckpointPath == "" {
 		return
 	}

@@ -771,6 +771,7 @@ func (e *Engine) publish(now time.Time) {
 		e.status.Role = "sink"
 		st = e.sinkStatus(s.Status)
 		e.status.Seq, e.status.AckedSeq, e.status.LagEntries, e.status.LagMs = s.Seq, 0, 0, 0
+		e.ckpt.held = streamPos{s.SourceID, s.Seq}
 		e.fillCounts(s.Tables)
 	}
 	e.status.Sync, e.status.SyncText = st, st.String()
