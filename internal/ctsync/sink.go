@@ -529,13 +529,8 @@ func (k *Sink) loop() {
 		if c := k.load; c != nil {
 			// A loaded checkpoint's record goes first: every later
 			// decision consults it.
-			k.busy = true
-			k.mu.Unlock()
-			k.buildLoaded(c)
-			k.mu.Lock()
+			k.unlocked(func() { k.buildLoaded(c) })
 			k.load = nil
-			k.busy = false
-			k.cond.Broadcast()
 			continue
 		}
 		if k.hasPending() {
@@ -564,22 +559,12 @@ func (k *Sink) loop() {
 				go j.done(CheckpointInfo{}, errors.New("ctsync: checkpoint refused: the sink was promoted"))
 				continue
 			}
-			k.busy = true
-			k.mu.Unlock()
-			k.takeCheckpoint(j)
-			k.mu.Lock()
-			k.busy = false
-			k.cond.Broadcast()
+			k.unlocked(func() { k.takeCheckpoint(j) })
 			continue
 		}
 		if k.job == nil && k.release {
 			k.release = false
-			k.busy = true
-			k.mu.Unlock()
-			k.dropAdopted()
-			k.mu.Lock()
-			k.busy = false
-			k.cond.Broadcast()
+			k.unlocked(k.dropAdopted)
 			continue
 		}
 		if k.job == nil {
@@ -620,6 +605,17 @@ func (k *Sink) loop() {
 		close(j.done)
 		k.cond.Broadcast()
 	}
+}
+
+// unlocked runs fn on the writer without mu, marked busy so that Flush
+// waits for it; called, and returning, with mu held.
+func (k *Sink) unlocked(fn func()) {
+	k.busy = true
+	k.mu.Unlock()
+	fn()
+	k.mu.Lock()
+	k.busy = false
+	k.cond.Broadcast()
 }
 
 // refreshChunk is how many timeouts the writer sets between looks at the

@@ -88,12 +88,7 @@ func TestStateSyncStandbyRestartResumes(t *testing.T) {
 			if err := l.Crash("fw-a"); err != nil {
 				t.Fatal(err)
 			}
-			l.waitStates(5*time.Second, "", "ACTIVE")
-			lanB, wanB := l.mac("fw-b", "lan0").String(), l.mac("fw-b", "wan0").String()
-			waitFor(t, 5*time.Second, "the client and the server sending to fw-b", func() bool {
-				return l.neighMAC(lab.RoleClient, lab.LANVIP.Addr()) == lanB && l.neighMAC(lab.RoleServer, lab.WANVIP.Addr()) == wanB
-			})
-			failedAt := time.Now()
+			failedAt := l.tookOverByFwB(t)
 			deadline := failedAt.Add(15 * time.Second)
 			var okB, okD int
 			for {

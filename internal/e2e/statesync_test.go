@@ -65,15 +65,7 @@ func survive(t *testing.T, l *testLab, n int, fail func() error) (ok, broken int
 	if err := fail(); err != nil {
 		t.Fatal(err)
 	}
-	l.waitStates(5*time.Second, "", "ACTIVE")
-	// The failover is complete when the client and the server send to the
-	// new ACTIVE (after a daemon SIGKILL the old one still forwards until
-	// they do); connections are judged on what they do after that.
-	lanB, wanB := l.mac("fw-b", "lan0").String(), l.mac("fw-b", "wan0").String()
-	waitFor(t, 5*time.Second, "the client and the server sending to fw-b", func() bool {
-		return l.neighMAC(lab.RoleClient, lab.LANVIP.Addr()) == lanB && l.neighMAC(lab.RoleServer, lab.WANVIP.Addr()) == wanB
-	})
-	failedAt := time.Now()
+	failedAt := l.tookOverByFwB(t)
 	// TCP retransmits within a second or two of the takeover.
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -94,6 +86,20 @@ func survive(t *testing.T, l *testLab, n int, fail func() error) (ok, broken int
 		break
 	}
 	return ok, n - ok, why
+}
+
+// tookOverByFwB waits until fw-b is ACTIVE and the client and the server
+// send to it, and returns that moment. The failover is complete only then
+// (after a daemon SIGKILL the old ACTIVE still forwards until they do);
+// connections are judged on what they do after it.
+func (l *testLab) tookOverByFwB(t *testing.T) time.Time {
+	t.Helper()
+	l.waitStates(5*time.Second, "", "ACTIVE")
+	lanB, wanB := l.mac("fw-b", "lan0").String(), l.mac("fw-b", "wan0").String()
+	waitFor(t, 5*time.Second, "the client and the server sending to fw-b", func() bool {
+		return l.neighMAC(lab.RoleClient, lab.LANVIP.Addr()) == lanB && l.neighMAC(lab.RoleServer, lab.WANVIP.Addr()) == wanB
+	})
+	return time.Now()
 }
 
 // TestStateSyncConnectionsSurvive: 1,000 TCP connections through the NAT'ed

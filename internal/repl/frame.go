@@ -192,12 +192,7 @@ func AppendFrame(dst []byte, f Frame) []byte {
 		b = append(b, b2u8(f.Copying))
 		b = binary.AppendUvarint(b, f.Sent)
 		b = binary.AppendUvarint(b, f.Seq)
-		b = binary.AppendUvarint(b, uint64(len(f.Digests)))
-		for _, d := range f.Digests {
-			b = appendName(b, d.Table)
-			b = binary.AppendUvarint(b, d.Entries)
-			b = be.AppendUint64(b, d.Sum)
-		}
+		b = appendDigests(b, f.Digests)
 	case FrameChanges:
 		b = be.AppendUint64(b, f.SourceID)
 		b = binary.AppendUvarint(b, f.Seq)
@@ -247,6 +242,17 @@ func entrySize(table, klen, vlen int) int {
 func appendBytes(b, p []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(p)))
 	return append(b, p...)
+}
+
+// appendDigests appends n uv | n × (name | entries uv | sum u64).
+func appendDigests(b []byte, ds []TableDigest) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ds)))
+	for _, d := range ds {
+		b = appendName(b, d.Table)
+		b = binary.AppendUvarint(b, d.Entries)
+		b = binary.BigEndian.AppendUint64(b, d.Sum)
+	}
+	return b
 }
 
 func appendName(b []byte, name string) []byte {
@@ -330,15 +336,7 @@ func parseFrame(b []byte, f *Frame, name func([]byte) string) error {
 		}
 		f.Sent = r.uvarint("sent")
 		f.Seq = r.uvarint("seq")
-		n := r.count("table count", 11)
-		for i := 0; i < n && r.err == nil; i++ {
-			r.item = i + 1
-			var d TableDigest
-			d.Table = r.name("table name", name)
-			d.Entries = r.uvarint("entries")
-			d.Sum = r.u64("sum")
-			digests = append(digests, d)
-		}
+		digests = r.digests(digests, name)
 	case FrameChanges:
 		f.SourceID = r.u64("source id")
 		f.Seq = r.uvarint("first seq")
@@ -534,6 +532,21 @@ func (r *reader) name(field string, name func([]byte) string) string {
 	}
 	r.off += n
 	return name(r.b[r.off-n : r.off])
+}
+
+// digests reads what appendDigests wrote.
+func (r *reader) digests(dst []TableDigest, name func([]byte) string) []TableDigest {
+	n := r.count("table count", 11)
+	for i := 0; i < n && r.err == nil; i++ {
+		r.item = i + 1
+		var d TableDigest
+		d.Table = r.name("table name", name)
+		d.Entries = r.uvarint("entries")
+		d.Sum = r.u64("sum")
+		dst = append(dst, d)
+	}
+	r.item = 0
+	return dst
 }
 
 func (r *reader) names(dst []string, name func([]byte) string) []string {

@@ -73,13 +73,7 @@ func AppendPosition(b []byte, p Position) []byte {
 	b = append(b, positionMagic[:]...)
 	b = binary.BigEndian.AppendUint64(b, p.SourceID)
 	b = binary.AppendUvarint(b, p.Seq)
-	b = binary.AppendUvarint(b, uint64(len(p.Tables)))
-	for _, d := range p.Tables {
-		b = appendName(b, d.Table)
-		b = binary.AppendUvarint(b, d.Entries)
-		b = binary.BigEndian.AppendUint64(b, d.Sum)
-	}
-	return b
+	return appendDigests(b, p.Tables)
 }
 
 // ParsePosition decodes what AppendPosition wrote; the whole of b must be
@@ -92,16 +86,7 @@ func ParsePosition(b []byte) (Position, error) {
 	r := reader{b: b, off: len(positionMagic)}
 	p.SourceID = r.u64("source id")
 	p.Seq = r.uvarint("seq")
-	n := r.count("table count", 10)
-	for i := 0; i < n && r.err == nil; i++ {
-		r.item = i + 1
-		var d TableDigest
-		d.Table = r.name("table name", func(b []byte) string { return string(b) })
-		d.Entries = r.uvarint("entries")
-		d.Sum = r.u64("sum")
-		p.Tables = append(p.Tables, d)
-	}
-	r.item = 0
+	p.Tables = r.digests(nil, func(b []byte) string { return string(b) })
 	if r.err == nil && r.off != len(b) {
 		r.failf("end", "%d bytes after the position", len(b)-r.off)
 	}

@@ -100,11 +100,16 @@ func (e *Engine) resumeFromCheckpoint() {
 		"expectations", info.Expectations, "age", time.Since(info.Saved).Round(time.Millisecond), "took", info.Took)
 }
 
+// canCheckpoint: checkpoints on, a conntrack sink whose kernel has
+// settled, none being written.
+func (e *Engine) canCheckpoint() bool {
+	return e.checkpointsOn() && !e.ckpt.busy && e.sink != nil && e.store != nil && e.store.ct != nil && e.settled
+}
+
 // checkpointPosition is the sink's position when a checkpoint may be
-// taken: checkpoints on, IN_SYNC with the kernel settled, none being
-// written.
+// taken (the engine IN_SYNC as well).
 func (e *Engine) checkpointPosition() (repl.Position, bool) {
-	if !e.checkpointsOn() || e.ckpt.busy || e.sink == nil || e.store == nil || e.store.ct == nil || !e.settled {
+	if !e.canCheckpoint() {
 		return repl.Position{}, false
 	}
 	return e.sink.Position()
@@ -113,8 +118,7 @@ func (e *Engine) checkpointPosition() (repl.Position, bool) {
 // checkpointDue is when the next checkpoint may be taken (zero: none
 // wanted now).
 func (e *Engine) checkpointDue() time.Time {
-	if !e.checkpointsOn() || e.ckpt.busy || e.sink == nil || e.store == nil || e.store.ct == nil ||
-		!e.settled || e.lastSync != repl.SyncInSync || e.ckpt.seen == e.ckpt.saved {
+	if !e.canCheckpoint() || e.lastSync != repl.SyncInSync || e.ckpt.seen == e.ckpt.saved {
 		return time.Time{}
 	}
 	t := later(e.ckpt.seqChanged.Add(checkpointQuiet), e.ckpt.at.Add(checkpointEvery))
