@@ -63,6 +63,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		newStatsCmd(),
 		newSyncCmd(),
 		newVersionCmd(),
+		newSnapshotWorkerCmd(),
 	)
 	for _, extra := range extraCommands {
 		root.AddCommand(extra())

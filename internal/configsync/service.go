@@ -90,6 +90,10 @@ type Options struct {
 	// by a snapshot of the database, not by replaying every revision.
 	// Default DefaultCatchUpSnapshotBytes; negative: always replay.
 	CatchUpSnapshotBytes int64
+	// Snapshots takes and stages the snapshots; nil: in this process
+	// (snapshot.InProcess). The daemon uses a snapshot.Worker, which does
+	// the bulk work in a child process below its priority.
+	Snapshots snapshot.Runner
 }
 
 // Service is one unit's configuration store and its replication.
@@ -178,8 +182,9 @@ type event struct {
 // Open opens the Service of a tandem configuration: the store at
 // <state_dir>/config.db, the policies category validated and applied with
 // nft unless config_sync.hooks says otherwise, the other categories with
-// their config_sync.hooks commands.
-func Open(cfg *config.Config, logger *slog.Logger) (*Service, error) {
+// their config_sync.hooks commands. snapshots takes and stages the
+// snapshots (nil: in this process).
+func Open(cfg *config.Config, logger *slog.Logger, snapshots snapshot.Runner) (*Service, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("config sync: state_dir is not set")
 	}
@@ -197,6 +202,7 @@ func Open(cfg *config.Config, logger *slog.Logger) (*Service, error) {
 		SnapshotInterval: cfg.ConfigSync.SnapshotInterval.Duration,
 		SnapshotDebounce: cfg.ConfigSync.SnapshotDebounce.Duration,
 		SnapshotMaxDelay: cfg.ConfigSync.SnapshotMaxDelay.Duration,
+		Snapshots:        snapshots,
 	})
 }
 

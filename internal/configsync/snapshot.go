@@ -156,6 +156,7 @@ type snapStatus struct {
 type snapWorker struct {
 	interval, debounce, maxDelay time.Duration
 	catchUpBytes                 int64
+	runner                       snapshot.Runner
 
 	// catchUp: the transfer in flight (or the next one) stands for the
 	// history a standby lacks; the revisions after it follow its install.
@@ -293,6 +294,10 @@ func (s *Service) snapInit(o Options) {
 	}
 	s.snap.maxDelay = max(s.snap.maxDelay, s.snap.debounce)
 	s.snap.catchUpBytes = o.CatchUpSnapshotBytes
+	s.snap.runner = o.Snapshots
+	if s.snap.runner == nil {
+		s.snap.runner = snapshot.InProcess
+	}
 	if s.snap.catchUpBytes == 0 {
 		s.snap.catchUpBytes = DefaultCatchUpSnapshotBytes
 	}
@@ -424,8 +429,9 @@ func (s *Service) snapStart() {
 	db := s.store.get().DB()
 	done := &snapDone{xfer: w.xfer, started: w.start}
 	s.setInFlight(true)
+	runner := w.runner
 	w.wg.Go(func() {
-		done.m, done.err = snapshot.Take(db, sw, snapshot.Options{ChunkSize: snapChunkSize})
+		done.m, done.err = runner.Take(db, sw, snapshot.Options{ChunkSize: snapChunkSize})
 		switch {
 		case done.err == nil:
 			end := s.snapFrame(tSnapEnd, sw.xfer)
@@ -718,8 +724,9 @@ func (s *Service) onSnapBegin(f snapFrame) {
 	pr, pw := io.Pipe()
 	rx := &snapRx{xfer: f.Xfer, from: f.Node, pw: pw, done: make(chan stageResult, 1), start: s.now()}
 	dir := filepath.Dir(s.path)
+	runner := s.snap.runner
 	s.snap.wg.Go(func() {
-		st, err := snapshot.Stage(pr, dir, snapshot.Options{})
+		st, err := runner.Stage(pr, dir, snapshot.Options{})
 		// Unblock the writer if Stage stopped before the end.
 		if err != nil {
 			pr.CloseWithError(err)

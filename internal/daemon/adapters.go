@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/config"
 	"github.com/tandem-ha/tandem/internal/configsync"
 	"github.com/tandem-ha/tandem/internal/linkwatch"
+	"github.com/tandem-ha/tandem/internal/snapshot"
 	"github.com/tandem-ha/tandem/internal/statesync"
 	"github.com/tandem-ha/tandem/internal/vip"
 )
@@ -43,7 +45,7 @@ func Adapters(ctx context.Context, cfg *config.Config, key []byte, logger *slog.
 	if cfg.StateDir != "" {
 		// Configuration sync. The HA daemon runs without it rather than
 		// not at all: a unit that cannot open its store still fails over.
-		svc, err := configsync.Open(cfg, logger)
+		svc, err := configsync.Open(cfg, logger, snapshotWorker(logger))
 		if err != nil {
 			logger.Error("configuration sync is off: cannot open the config store", "err", err)
 		} else {
@@ -292,4 +294,17 @@ func mergeInterfaces(cfg *config.Config) []config.Interface {
 		out[i].VirtualMAC = out[i].VirtualMAC || ifc.VirtualMAC
 	}
 	return out
+}
+
+// snapshotWorker runs the configuration snapshots' bulk work in child
+// processes of this binary (`tandem snapshot-worker`), below the daemon's
+// realtime priority and outside its heap (snapshot.Worker). Without the
+// binary's path they run in the daemon, as before.
+func snapshotWorker(logger *slog.Logger) snapshot.Runner {
+	exe, err := os.Executable()
+	if err != nil {
+		logger.Warn("configuration snapshots run inside the daemon: cannot find its binary for the worker process", "err", err)
+		return snapshot.InProcess
+	}
+	return &snapshot.Worker{Command: []string{exe, "snapshot-worker"}}
 }

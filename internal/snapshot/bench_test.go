@@ -18,6 +18,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// This binary is also the worker process of the Worker tests.
+	if os.Getenv(workerEnv) != "" {
+		os.Exit(runTestWorker())
+	}
 	code := m.Run()
 	if bigDir != "" {
 		os.RemoveAll(bigDir)

@@ -95,41 +95,54 @@ func (st *Staged) Discard() {
 func Stage(r io.Reader, dir string, opts Options) (*Staged, error) {
 	start := time.Now()
 	opts = opts.withDefaults()
-	st := &Staged{}
 	// Best effort: an unremovable leftover must not stop replication.
 	_, _ = CleanTemp(dir)
+	f, err := createTemp(dir)
+	if err != nil {
+		return &Staged{}, fmt.Errorf("snapshot: temp file: %w", err)
+	}
+	m, err := stageInto(r, f, f.Name(), opts)
+	return staged(f, m, err, start)
+}
+
+// staged ends a Stage, here or in the worker process: on success the
+// directory is made durable and the file kept, on any error removed.
+func staged(f *os.File, m Manifest, err error, start time.Time) (*Staged, error) {
+	if err == nil {
+		if err = syncDir(filepath.Dir(f.Name())); err != nil {
+			err = fmt.Errorf("snapshot %s: fsync %s: %w", m.IDString(), filepath.Dir(f.Name()), err)
+		}
+	}
+	if err != nil {
+		removeTemp(f)
+		return &Staged{m: m}, err
+	}
+	m.Duration = time.Since(start)
+	return &Staged{m: m, f: f}, nil
+}
+
+// stageInto reads a snapshot stream from r into f (empty, named path),
+// checks it and fsyncs f: Stage's work, which the worker process does
+// on the file its daemon created.
+func stageInto(r io.Reader, f *os.File, path string, opts Options) (Manifest, error) {
 	hdr := make([]byte, headerLen)
 	if _, err := io.ReadFull(r, hdr); err != nil {
-		return st, readErr("header", err)
+		return Manifest{}, readErr("header", err)
 	}
 	m, err := decodeHeader(hdr)
 	if err != nil {
-		return st, fmt.Errorf("snapshot: %w", err)
-	}
-	st.m = m
-	f, err := createTemp(dir)
-	if err != nil {
-		return st, fmt.Errorf("snapshot: temp file: %w", err)
+		return Manifest{}, fmt.Errorf("snapshot: %w", err)
 	}
 	if err := receiveInto(r, f, &m, opts.Workers); err != nil {
-		removeTemp(f)
-		return st, fmt.Errorf("snapshot %s: %w", m.IDString(), err)
+		return m, fmt.Errorf("snapshot %s: %w", m.IDString(), err)
 	}
 	if err := f.Sync(); err != nil {
-		removeTemp(f)
-		return st, fmt.Errorf("snapshot %s: fsync: %w", m.IDString(), err)
+		return m, fmt.Errorf("snapshot %s: fsync: %w", m.IDString(), err)
 	}
-	if err := checkBolt(f.Name(), opts.Check); err != nil {
-		removeTemp(f)
-		return st, fmt.Errorf("snapshot %s: %w: not a usable database: %v", m.IDString(), ErrCorrupt, err)
+	if err := checkBolt(path, opts.Check); err != nil {
+		return m, fmt.Errorf("snapshot %s: %w: not a usable database: %v", m.IDString(), ErrCorrupt, err)
 	}
-	if err := syncDir(dir); err != nil {
-		removeTemp(f)
-		return st, fmt.Errorf("snapshot %s: fsync %s: %w", m.IDString(), dir, err)
-	}
-	m.Duration = time.Since(start)
-	st.m, st.f = m, f
-	return st, nil
+	return m, nil
 }
 
 func readErr(what string, err error) error {

@@ -63,6 +63,23 @@ func (o Options) withDefaults() Options {
 // is read: nothing is spooled, so nothing of the snapshot touches the
 // disk, and the read transaction lasts as long as the stream.
 func Take(db *bbolt.DB, w io.Writer, opts Options) (Manifest, error) {
+	var m Manifest
+	err := db.View(func(tx *bbolt.Tx) error {
+		var err error
+		m, err = take(tx.Size(), func(cw io.Writer) error {
+			_, err := tx.WriteTo(cw)
+			return err
+		}, w, opts)
+		return err
+	})
+	return m, err
+}
+
+// take writes the snapshot stream of a size-byte database to w; copyInto
+// writes the database bytes into the writer it is given (the chunker).
+// Take runs it inside a read transaction, the worker process on the file
+// a daemon's transaction holds still (worker.go).
+func take(size int64, copyInto func(io.Writer) error, w io.Writer, opts Options) (Manifest, error) {
 	start := time.Now()
 	opts = opts.withDefaults()
 	if opts.ChunkSize < minChunkSize || opts.ChunkSize > MaxChunkSize {
@@ -84,25 +101,22 @@ func Take(db *bbolt.DB, w io.Writer, opts Options) (Manifest, error) {
 	defer enc.Close()
 
 	cw := newChunker(m, workers, enc, w)
-	defer cw.close() // stops the workers if View failed before WriteTo
-	err = db.View(func(tx *bbolt.Tx) error {
-		m.Size = tx.Size()
-		m.Chunks = chunkCount(m.Size, m.ChunkSize)
-		if _, err := w.Write(encodeHeader(m)); err != nil {
-			return fmt.Errorf("send header: %w", err)
+	defer cw.close() // stops the workers if the header could not be sent
+	m.Size = size
+	m.Chunks = chunkCount(m.Size, m.ChunkSize)
+	if _, err := w.Write(encodeHeader(m)); err != nil {
+		return m, fmt.Errorf("snapshot: send header: %w", err)
+	}
+	if err := copyInto(cw); err != nil {
+		if cw.err != nil { // a send or compress error, surfaced by the copy
+			err = cw.err
+		} else {
+			err = fmt.Errorf("copy database: %w", err)
 		}
-		if _, err := tx.WriteTo(cw); err != nil {
-			if cw.err != nil { // a send or compress error, surfaced by the copy
-				err = cw.err
-			} else {
-				err = fmt.Errorf("copy database: %w", err)
-			}
-			cw.stop()
-			return err
-		}
-		return cw.close()
-	})
-	if err != nil {
+		cw.stop()
+		return m, fmt.Errorf("snapshot: %w", err)
+	}
+	if err := cw.close(); err != nil {
 		return m, fmt.Errorf("snapshot: %w", err)
 	}
 	if cw.size != m.Size || cw.chunks != m.Chunks {
