@@ -20,9 +20,15 @@ import (
 
 // configCall sends one configuration operation to the daemon.
 func configCall(c *cobra.Command, socket, op string, args any, out any) error {
+	return configCallPayload(c, socket, op, args, nil, out)
+}
+
+// configCallPayload is configCall with a binary payload after the
+// arguments (a published document, byte for byte).
+func configCallPayload(c *cobra.Command, socket, op string, args any, payload []byte, out any) error {
 	ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute) // apply hooks may take a while
 	defer cancel()
-	req := control.Request{Op: op}
+	req := control.Request{Op: op, Payload: payload}
 	if args != nil {
 		b, err := json.Marshal(args)
 		if err != nil {
@@ -96,9 +102,9 @@ func configDocCommands() []*cobra.Command {
 			if err != nil {
 				return &exitError{2, err}
 			}
-			args := configsync.PublishArgs{Category: pubCat, Name: pubName, ContentBase64: base64.StdEncoding.EncodeToString(content), Message: pubMsg, Author: operator()}
+			args := configsync.PublishArgs{Category: pubCat, Name: pubName, Message: pubMsg, Author: operator()}
 			var res configsync.PublishResult
-			if err := configCall(c, pubSocket, "config.publish", args, &res); err != nil {
+			if err := configCallPayload(c, pubSocket, "config.publish", args, content, &res); err != nil {
 				return err
 			}
 			fmt.Fprintf(c.OutOrStdout(), "published %s/%s as revision %d (sha256 %s)\n", res.Revision.Category, res.Revision.Name, res.Revision.Number, res.Revision.Hash)

@@ -128,6 +128,29 @@ func TestPublishReplicatesByteForByte(t *testing.T) {
 	}
 }
 
+// A document sent as the request's payload (as `tandem config publish`
+// does) is stored byte for byte; content given twice is refused.
+func TestPublishPayload(t *testing.T) {
+	a, b, _ := pair(t, nil)
+	doc := []byte("table inet fw {\n\x00\xff\"quoted\"\n}")
+	args, _ := json.Marshal(PublishArgs{Category: "policies", Name: "main", Author: "test"})
+	if _, err := a.HandleRequest("config.publish", args, doc, true, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the document on fw-b", func() bool {
+		c, err := get(b, "policies", "main")
+		return err == nil && bytes.Equal(c, doc)
+	})
+	twice, _ := json.Marshal(PublishArgs{Category: "policies", Name: "main", Content: "x", Author: "test"})
+	head, _ := a.Head()
+	if _, err := a.HandleRequest("config.publish", twice, doc, true, "", ""); err == nil || !strings.Contains(err.Error(), "send it once") {
+		t.Fatalf("content twice: %v, want a refusal", err)
+	}
+	if now, _ := a.Head(); now != head {
+		t.Fatalf("a refused publish moved the head from %d to %d", head, now)
+	}
+}
+
 func TestLargeDocumentIsChunked(t *testing.T) {
 	a, b, _ := pair(t, nil)
 	doc := bytes.Repeat([]byte("0123456789abcdef\n"), (5*ChunkSize/2)/17)

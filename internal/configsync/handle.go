@@ -164,6 +164,13 @@ const slowWrite = 50 * time.Millisecond
 // ACTIVE now, activeName and activeAddr which unit is (for the refusal
 // message on the STANDBY; empty when not known).
 func (s *Service) Handle(op string, args json.RawMessage, active bool, activeName, activeAddr string) (any, error) {
+	return s.HandleRequest(op, args, nil, active, activeName, activeAddr)
+}
+
+// HandleRequest is Handle with the request's binary payload: the content
+// of a publish, sent beside its JSON arguments rather than inside them
+// (control.Request.Payload).
+func (s *Service) HandleRequest(op string, args json.RawMessage, payload []byte, active bool, activeName, activeAddr string) (any, error) {
 	if s.closed.Load() {
 		return nil, configstore.ErrClosed
 	}
@@ -185,7 +192,7 @@ func (s *Service) Handle(op string, args json.RawMessage, active bool, activeNam
 		}
 		write := s.rollback
 		if op == "config.publish" {
-			write = s.publish
+			write = func(args json.RawMessage) (any, error) { return s.publish(args, payload) }
 		}
 		locked := time.Now()
 		v, err := write(args)
@@ -285,12 +292,18 @@ func (s *Service) Handle(op string, args json.RawMessage, active bool, activeNam
 	return nil, fmt.Errorf("unknown configuration operation %q", op)
 }
 
-func (s *Service) publish(args json.RawMessage) (any, error) {
+func (s *Service) publish(args json.RawMessage, payload []byte) (any, error) {
 	var a PublishArgs
 	if err := decode(args, &a); err != nil {
 		return nil, err
 	}
 	content := []byte(a.Content)
+	if payload != nil {
+		if a.Content != "" || a.ContentBase64 != "" {
+			return nil, errors.New("publish: the content came twice, as the request's payload and in content or content_base64; send it once")
+		}
+		content = payload
+	}
 	if a.ContentBase64 != "" {
 		var err error
 		if content, err = base64.StdEncoding.DecodeString(a.ContentBase64); err != nil {

@@ -1,7 +1,10 @@
 package control
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -106,4 +109,56 @@ func TestCallWithoutDaemonNamesTheFix(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "tandem run") {
 		t.Fatalf("got %v", err)
 	}
+}
+
+// A payload crosses byte for byte, whatever it holds (newlines, JSON,
+// bytes that are not UTF-8), beside JSON arguments.
+func TestCallCarriesPayload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tandem.sock")
+	serve(t, path, func(_ context.Context, r Request) (any, error) {
+		return map[string]any{"args": string(r.Args), "payload": r.Payload}, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, payload := range [][]byte{nil, []byte("\n"), []byte("{\"op\":\"x\"}\n"), bytes.Repeat([]byte{0xff, 0, '\n', '"'}, 300_000)} {
+		var out struct {
+			Args    string
+			Payload []byte
+		}
+		if err := Call(ctx, path, Request{Op: "config.publish", Args: json.RawMessage(`{"name":"n"}`), Payload: payload}, &out); err != nil {
+			t.Fatal(err)
+		}
+		if out.Args != `{"name":"n"}` || !bytes.Equal(out.Payload, payload) {
+			t.Errorf("payload of %d bytes came through as %d bytes, args %q", len(payload), len(out.Payload), out.Args)
+		}
+	}
+}
+
+// A payload shorter than announced, a length out of bounds, or no
+// newline before it: a clear error, and the server goes on.
+func TestBadPayloadIsAnswered(t *testing.T) {
+	for _, raw := range []string{
+		`{"op":"x","payload_len":10}` + "\nshort",
+		`{"op":"x","payload_len":-1}` + "\n",
+		`{"op":"x","payload_len":999999999}` + "\n",
+		`{"op":"x","payload_len":3} abc`,
+	} {
+		var req Request
+		err := readRequest(bufio.NewReader(strings.NewReader(raw)), &req)
+		if err == nil || !strings.Contains(err.Error(), "payload") {
+			t.Errorf("%q: %v, want an error about the payload", raw, err)
+		}
+	}
+}
+
+func FuzzReadRequest(f *testing.F) {
+	f.Add([]byte(`{"op":"status"}` + "\n"))
+	f.Add([]byte(`{"op":"config.publish","args":{"name":"n"},"payload_len":3}` + "\nabc"))
+	f.Add([]byte(`{"op":"x","payload_len":5}` + "\nab"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var req Request
+		if err := readRequest(bufio.NewReader(bytes.NewReader(b)), &req); err == nil && len(req.Payload) != req.PayloadLen {
+			t.Fatalf("payload of %d bytes, payload_len %d", len(req.Payload), req.PayloadLen)
+		}
+	})
 }

@@ -72,10 +72,11 @@ type Options struct {
 // and reports the store's head for the heartbeats. Implemented by
 // internal/configsync.
 type ConfigService interface {
-	// Handle answers one operation. active says whether this unit is
-	// ACTIVE; activeName and activeAddr name the ACTIVE unit ("" when not
-	// known) for the refusal of a write on the STANDBY.
-	Handle(op string, args json.RawMessage, active bool, activeName, activeAddr string) (any, error)
+	// HandleRequest answers one operation; payload is the request's
+	// binary payload (a published document). active says whether this
+	// unit is ACTIVE; activeName and activeAddr name the ACTIVE unit (""
+	// when not known) for the refusal of a write on the STANDBY.
+	HandleRequest(op string, args json.RawMessage, payload []byte, active bool, activeName, activeAddr string) (any, error)
 	// SetActive follows the role: writes are accepted only while active.
 	SetActive(active bool)
 	// Head is the config revision and truncated content hash.
@@ -538,7 +539,7 @@ func (d *Daemon) Control(ctx context.Context, req control.Request) (any, error) 
 		}
 		r := v.(configRole)
 		d.opts.Config.SetPeerActive(r.bothActive)
-		return d.opts.Config.Handle(req.Op, req.Args, r.active, r.name, r.addr)
+		return d.opts.Config.HandleRequest(req.Op, req.Args, req.Payload, r.active, r.name, r.addr)
 	}
 	v, err := d.call(ctx, req)
 	if st, ok := v.(Status); ok && req.Op == "status" && err == nil {
@@ -600,7 +601,7 @@ func (d *Daemon) handle(req control.Request) (any, error) {
 			return nil, fmt.Errorf("configuration sync is off on this unit (no state_dir, or its config store could not be opened: see the daemon's log)")
 		}
 		r := d.configRole()
-		return d.opts.Config.Handle(req.Op, req.Args, r.active, r.name, r.addr)
+		return d.opts.Config.HandleRequest(req.Op, req.Args, req.Payload, r.active, r.name, r.addr)
 	}
 	return nil, fmt.Errorf("unknown operation %q (this daemon is tandem %s)", req.Op, version.String())
 }

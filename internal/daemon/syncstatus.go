@@ -48,7 +48,7 @@ func (d *Daemon) withConfigPeers(st Status) Status {
 	}
 	active := st.State == ha.StateActive.String()
 	d.opts.Config.SetPeerActive(active && st.Peer.Alive && st.Peer.State == ha.StateActive.String())
-	v, err := d.opts.Config.Handle("config.status", nil, active, "", "")
+	v, err := d.opts.Config.HandleRequest("config.status", nil, nil, active, "", "")
 	if cs, ok := v.(configsync.Status); ok && err == nil {
 		st.Config.Sync, st.Config.Peers = cs.Sync, cs.Peers
 	}

@@ -29,7 +29,7 @@ func TestWorseSync(t *testing.T) {
 // fakeConfig is configuration sync reporting whatever the test says.
 type fakeConfig struct{ sync chan ha.SyncStatus }
 
-func (f *fakeConfig) Handle(op string, _ json.RawMessage, active bool, _, _ string) (any, error) {
+func (f *fakeConfig) HandleRequest(op string, _ json.RawMessage, _ []byte, active bool, _, _ string) (any, error) {
 	if op == "config.status" {
 		return configsync.Status{Sync: "OUT_OF_SYNC", Peers: []configsync.PeerView{{Peer: "fw-a", Status: "Some servers could not be synchronized"}}}, nil
 	}

@@ -212,10 +212,10 @@ func startWriter(t testing.TB, socket string, every time.Duration) *writer {
 			case <-tick.C:
 			}
 			doc[i%len(doc)]++
-			args, _ := json.Marshal(configsync.PublishArgs{Category: "definitions", Name: fmt.Sprintf("writer-%d", i%10), Content: string(doc), Author: "bench"})
+			args, _ := json.Marshal(configsync.PublishArgs{Category: "definitions", Name: fmt.Sprintf("writer-%d", i%10), Author: "bench"})
 			at := time.Now()
 			var r configsync.PublishResult
-			err := control.Call(context.Background(), socket, control.Request{Op: "config.publish", Args: args}, &r)
+			err := control.Call(context.Background(), socket, control.Request{Op: "config.publish", Args: args, Payload: doc}, &r)
 			w.mu.Lock()
 			if err != nil && w.err == nil {
 				w.err = err
