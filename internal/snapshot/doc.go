@@ -27,6 +27,15 @@
 // the ACTIVE; PeerSync and DecideStatus give the dashboard each peer's
 // status.
 //
+// A Worker runs the bulk half of both — reading, compressing and tagging;
+// checking, decompressing, writing and fsyncing — in a child process
+// (`tandem snapshot-worker`) at normal priority, below the realtime daemon
+// and outside its Go heap, which it shared before (BENCHMARKS.md, findings
+// 16, 18, 22 and 26). The daemon keeps what must stay with it: the read
+// transaction that pins the copied pages (the worker reads them from the
+// file, after the meta pages the daemon hands it), and the temp file's
+// lock. InProcess runs the same code in the caller (tests, tools).
+//
 // What it must never do: swap in an unverified file. A corrupted,
 // truncated or mismatching stream is rejected before the live database is
 // touched, and the previous database stays byte for byte as it was. Nor
