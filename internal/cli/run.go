@@ -83,6 +83,7 @@ func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) 
 // runDaemon wires the daemon to its OS adapters and the control socket and
 // runs it until ctx ends.
 func runDaemon(ctx context.Context, cfg *config.Config, key []byte, logger *slog.Logger) error {
+	sched.ReserveHeap()
 	if err := sched.SetRealtime(cfg.Node.RealtimePriority); err != nil {
 		logger.Warn("running without realtime priority", "err", err)
 	}

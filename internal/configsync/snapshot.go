@@ -758,6 +758,9 @@ func (s *Service) onSnapData(b []byte) {
 		return
 	}
 	rx.off += int64(len(b) - snapDataHdr)
+	// The pipe's reader has copied it: the channel may reuse the buffer
+	// for the next frame instead of leaving 256 KiB to the collector.
+	syncchan.Recycle(b)
 	// Staged: the ACTIVE may send more (snapWindow).
 	f := s.snapFrame(tSnapProgress, xfer)
 	f.Bytes = rx.off

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // Wire format: every message, handshake or data, is a frame
@@ -92,6 +93,46 @@ func payloadLimit(t frameType, established bool, maxData int) (int, bool) {
 	return 0, false
 }
 
+// Large data frames (bulk transfers: 256 KiB snapshot frames) come from a
+// pool their consumer may give back with Recycle once it is done with
+// them. Allocated per frame, a 300 MB transfer was 300 MB of garbage on the
+// receiver, whose collector's workers — realtime threads, like all of the
+// daemon's — then held CPUs for tens of milliseconds.
+const (
+	pooledMin = 64 << 10  // smaller frames are allocated
+	pooledCap = 512 << 10 // what a pooled buffer holds
+)
+
+// recycleSlack is how much of a pooled frame's head a consumer may have
+// cut (its own tags) and still give the rest back.
+const recycleSlack = 16
+
+var dataPool = sync.Pool{}
+
+// dataBuffer returns n bytes for a data frame's payload.
+func dataBuffer(n int) []byte {
+	if n < pooledMin || n > pooledCap {
+		return make([]byte, n)
+	}
+	if b, ok := dataPool.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:n]
+	}
+	return make([]byte, n, pooledCap)
+}
+
+// Recycle gives back a frame (or the tail of one: a frame's body after
+// its tag) the caller received from this package and no longer uses —
+// nor does anything else: the next frame may overwrite it. Optional:
+// frames never given back are collected as usual.
+func Recycle(b []byte) {
+	// Only what dataBuffer made (less a few bytes of the consumer's own
+	// header): never a buffer someone else may still hold.
+	if cap(b) > pooledCap-recycleSlack && cap(b) <= pooledCap {
+		b = b[:0]
+		dataPool.Put(&b)
+	}
+}
+
 // frameReader decodes frames from a buffered stream.
 type frameReader struct {
 	r   *bufio.Reader
@@ -100,7 +141,8 @@ type frameReader struct {
 	ctl [maxControlPayload]byte
 }
 
-// next reads one frame. A data payload is a new slice that the caller owns;
+// next reads one frame. A data payload is a slice that the caller owns
+// (and may Recycle);
 // any other payload aliases the reader's buffer and is valid until the next
 // call. Nothing is allocated before the header has been checked against the
 // limits of its type, so no input makes it allocate more than max bytes.
@@ -136,7 +178,7 @@ func (fr *frameReader) next(established bool) (frameType, []byte, error) {
 	}
 	var p []byte
 	if t == ftData {
-		p = make([]byte, size)
+		p = dataBuffer(int(size))
 	} else {
 		p = fr.ctl[:size]
 	}

@@ -1,0 +1,40 @@
+package syncchan
+
+import (
+	"testing"
+	"unsafe"
+)
+
+// A large data frame given back is the next one's buffer; small frames and
+// buffers the pool did not make never enter it.
+func TestRecycleReusesLargeFrames(t *testing.T) {
+	b := dataBuffer(256 << 10)
+	if cap(b) != pooledCap {
+		t.Fatalf("a 256 KiB frame got a buffer of cap %d, want %d", cap(b), pooledCap)
+	}
+	body := b[1:] // as statesync hands configsync the frame after its kind byte
+	Recycle(body)
+	// sync.Pool may drop what it holds (a collection); try a few times.
+	reused := false
+	for range 10 {
+		c := dataBuffer(200 << 10)
+		if unsafe.SliceData(c) == unsafe.SliceData(body) {
+			reused = true
+			break
+		}
+		Recycle(c)
+	}
+	if !reused {
+		t.Errorf("a recycled frame buffer was never handed out again")
+	}
+	if s := dataBuffer(1000); cap(s) != 1000 {
+		t.Errorf("a small frame came from the pool (cap %d)", cap(s))
+	}
+	foreign := make([]byte, 300<<10) // someone else's: must not be taken
+	Recycle(foreign)
+	for range 10 {
+		if c := dataBuffer(100 << 10); unsafe.SliceData(c) == unsafe.SliceData(foreign) {
+			t.Fatal("a buffer the pool did not make was handed out as a frame")
+		}
+	}
+}
