@@ -1,5 +1,12 @@
 package sched
 
+import (
+	"runtime/metrics"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
 // heapReserve is never read or written: it only counts toward the heap
 // the Go collector paces itself by.
 var heapReserve []byte
@@ -15,11 +22,42 @@ const HeapReserve = 64 << 20
 // CPU until the cycle ends (BENCHMARKS.md, finding 26). The reserve is a
 // pointer-free allocation that is never touched: the collector never
 // scans it and the kernel never backs it with memory (it adds to the
-// virtual size, not to the resident set). At a million connections the
-// live heap is hundreds of megabytes and the reserve changes little.
-// Call once, at start.
+// virtual size, not to the resident set). Once the live heap besides it
+// passes 32 MB (state sync of a few hundred thousand connections), the
+// reserve is dropped: there it would only let 64 MB more garbage stay
+// resident between collections. Call once, at start.
 func ReserveHeap() {
-	if heapReserve == nil {
-		heapReserve = make([]byte, HeapReserve)
+	reserveMu.Lock()
+	defer reserveMu.Unlock()
+	if heapReserve != nil || reserveDropped {
+		return
 	}
+	heapReserve = make([]byte, HeapReserve)
+	go func() {
+		sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		for {
+			time.Sleep(time.Second)
+			metrics.Read(sample)
+			if sample[0].Value.Kind() == metrics.KindUint64 && sample[0].Value.Uint64() > dropAbove.Load() {
+				dropReserve()
+				return
+			}
+		}
+	}()
+}
+
+var (
+	reserveMu      sync.Mutex
+	reserveDropped bool
+	// dropAbove is the live heap, reserve included, above which the
+	// reserve goes: 32 MB of live data besides it (a variable for the test).
+	dropAbove atomic.Uint64
+)
+
+func init() { dropAbove.Store(HeapReserve + HeapReserve/2) }
+
+func dropReserve() {
+	reserveMu.Lock()
+	heapReserve, reserveDropped = nil, true
+	reserveMu.Unlock()
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // With the reserve, allocating a few megabytes does not start a
@@ -25,6 +26,10 @@ func TestReserveHeapSpacesCollections(t *testing.T) {
 		runtime.ReadMemStats(&after)
 		return after.NumGC - before.NumGC
 	}
+	dropReserve() // a clean start (-count): no reserve, and allowed again
+	reserveMu.Lock()
+	reserveDropped = false
+	reserveMu.Unlock()
 	without := cycles()
 	ReserveHeap()
 	with := cycles()
@@ -35,7 +40,35 @@ func TestReserveHeapSpacesCollections(t *testing.T) {
 	if with != 0 {
 		t.Errorf("%d collections with a %d MB reserve, want none", with, HeapReserve>>20)
 	}
+
+	// A live heap larger than the threshold: the reserve goes.
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	dropAbove.Store(ms.HeapAlloc + 8<<20)
+	defer dropAbove.Store(HeapReserve + HeapReserve/2)
+	keep = make([]*[1 << 20]byte, 16)
+	for i := range keep {
+		keep[i] = new([1 << 20]byte)
+	}
+	runtime.GC() // the live heap is known after a collection, as in the daemon
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		reserveMu.Lock()
+		dropped := reserveDropped && heapReserve == nil
+		reserveMu.Unlock()
+		if dropped {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reserve was kept with a live heap above the threshold")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	keep = nil
 }
+
+var keep []*[1 << 20]byte
 
 var sink []byte
 
