@@ -158,6 +158,24 @@ type Store struct {
 	head     atomic.Pointer[headState]
 	closed   atomic.Bool
 	readOnly atomic.Bool
+	lastPub  atomic.Pointer[WriteTimes]
+}
+
+// WriteTimes is where the last Publish spent its time, for the daemon's
+// "slow write" log: waiting for the other writers (LockWait), for bbolt's
+// writer lock (Begin), building the change (Build), committing it to disk
+// (Commit: bbolt's writes and fsyncs) and running the apply hook (Apply).
+type WriteTimes struct {
+	LockWait, Begin, Build, Commit, Apply time.Duration
+}
+
+// LastPublishTimes returns the phases of the last Publish (zero before
+// the first).
+func (s *Store) LastPublishTimes() WriteTimes {
+	if t := s.lastPub.Load(); t != nil {
+		return *t
+	}
+	return WriteTimes{}
 }
 
 type headState struct {
@@ -217,6 +235,12 @@ func Open(path string, opts Options) (*Store, error) {
 		Timeout:         opts.LockTimeout,
 		InitialMmapSize: mmap,
 		FreelistType:    bbolt.FreelistMapType,
+		// The free-page list is rebuilt at open rather than written at
+		// every commit: with a snapshot's read transaction open, freed
+		// pages wait, the list grows, and each publish wrote all of it
+		// — 3 MB and its fsync per 100 KB document in the benchmark
+		// (BENCHMARKS.md, finding 26). etcd runs bbolt the same way.
+		NoFreelistSync: true,
 		NoSync:          opts.NoSync,
 	})
 	if err != nil {
@@ -636,8 +660,10 @@ func (s *Store) Publish(p Publish) (Revision, error) {
 	if err != nil {
 		return Revision{}, err
 	}
+	asked := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	locked := time.Now()
 	if s.closed.Load() {
 		return Revision{}, ErrClosed
 	}
@@ -664,7 +690,9 @@ func (s *Store) Publish(p Publish) (Revision, error) {
 	if p.Delete {
 		action = AuditDelete
 	}
+	var began, built time.Time
 	err = s.update(func(tx *bbolt.Tx) error {
+		began = time.Now()
 		r.Number = headOf(tx) + 1
 		if err := appendRev(tx, r, content); err != nil {
 			return err
@@ -672,12 +700,18 @@ func (s *Store) Publish(p Publish) (Revision, error) {
 		if err := addAudit(tx, auditFor(action, r)); err != nil {
 			return err
 		}
-		return finish(tx)
+		err := finish(tx)
+		built = time.Now()
+		return err
 	})
 	if err != nil {
 		return Revision{}, fmt.Errorf("publish %s/%s: %w", p.Category, p.Name, err)
 	}
-	return r, s.apply([]Revision{r}, [][]byte{content})
+	committed := time.Now()
+	err = s.apply([]Revision{r}, [][]byte{content})
+	s.lastPub.Store(&WriteTimes{LockWait: locked.Sub(asked), Begin: began.Sub(locked), Build: built.Sub(began),
+		Commit: committed.Sub(built), Apply: time.Since(committed)})
+	return r, err
 }
 
 // apply runs the Apply/Remove hooks of committed revisions, in order, and

@@ -201,8 +201,14 @@ func (s *Service) HandleRequest(op string, args json.RawMessage, payload []byte,
 			r.DurationMs = float64(took.Microseconds()) / 1000
 			v = r
 			if took > slowWrite {
-				s.log.Info("config sync: slow write", "op", op, "revision", r.Revision.Number, "took", took.Round(time.Microsecond),
-					"store_lock_wait", locked.Sub(start).Round(time.Microsecond), "commit_and_apply", time.Since(locked).Round(time.Microsecond))
+				attrs := []any{"op", op, "revision", r.Revision.Number, "took", took.Round(time.Microsecond),
+					"store_lock_wait", locked.Sub(start).Round(time.Microsecond), "commit_and_apply", time.Since(locked).Round(time.Microsecond)}
+				if op == "config.publish" {
+					wt := s.store.LastPublishTimes()
+					attrs = append(attrs, "writer_wait", wt.LockWait.Round(time.Microsecond), "bbolt_begin", wt.Begin.Round(time.Microsecond),
+						"build", wt.Build.Round(time.Microsecond), "commit", wt.Commit.Round(time.Microsecond), "apply", wt.Apply.Round(time.Microsecond))
+				}
+				s.log.Info("config sync: slow write", attrs...)
 			}
 		}
 		return v, err

@@ -241,6 +241,9 @@ func (r *storeRef) Rollback(rev uint64, author string, t time.Time) (configstore
 	return r.get().Rollback(rev, author, t)
 }
 func (r *storeRef) SetReadOnly(on bool) { r.get().SetReadOnly(on) }
+func (r *storeRef) LastPublishTimes() configstore.WriteTimes {
+	return r.get().LastPublishTimes()
+}
 func (r *storeRef) SinceBounded(rev uint64, maxBytes int) ([]configstore.Revision, [][]byte, error) {
 	return r.get().SinceBounded(rev, maxBytes)
 }
