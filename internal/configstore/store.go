@@ -241,7 +241,7 @@ func Open(path string, opts Options) (*Store, error) {
 		// — 3 MB and its fsync per 100 KB document in the benchmark
 		// (BENCHMARKS.md, finding 26). etcd runs bbolt the same way.
 		NoFreelistSync: true,
-		NoSync:          opts.NoSync,
+		NoSync:         opts.NoSync,
 	})
 	if err != nil {
 		if errors.Is(err, bbolt.ErrTimeout) {
