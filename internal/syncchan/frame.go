@@ -98,9 +98,12 @@ func payloadLimit(t frameType, established bool, maxData int) (int, bool) {
 // them. Allocated per frame, a 300 MB transfer was 300 MB of garbage on the
 // receiver, whose collector's workers — realtime threads, like all of the
 // daemon's — then held CPUs for tens of milliseconds.
+//
+// Only frames of about that size: state sync's 64 KiB frames, never
+// given back, must not each take a larger buffer.
 const (
-	pooledMin = 64 << 10  // smaller frames are allocated
-	pooledCap = 512 << 10 // what a pooled buffer holds
+	pooledMin = 192 << 10       // smaller frames are allocated
+	pooledCap = 256<<10 + 8<<10 // a snapshot frame and its headers
 )
 
 // recycleSlack is how much of a pooled frame's head a consumer may have
