@@ -46,7 +46,7 @@ func TestReserveHeapSpacesCollections(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
 	dropAbove.Store(ms.HeapAlloc + 8<<20)
-	defer dropAbove.Store(HeapReserve + HeapReserve/2)
+	defer dropAbove.Store(HeapReserve + 16<<20)
 	keep = make([]*[1 << 20]byte, 16)
 	for i := range keep {
 		keep[i] = new([1 << 20]byte)
