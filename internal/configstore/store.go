@@ -170,7 +170,7 @@ type WriteTimes struct {
 }
 
 // LastPublishTimes returns the phases of the last Publish (zero before
-// the first).
+// the first). With concurrent publishers, the last may be another's.
 func (s *Store) LastPublishTimes() WriteTimes {
 	if t := s.lastPub.Load(); t != nil {
 		return *t

@@ -78,6 +78,11 @@ func (wk *Worker) noteScheduling(r workerResult) {
 // threads, and to other work of the machine, by a wide margin.
 const DefaultWorkerNice = 10
 
+// WorkerStall is how long a worker may send nothing (take) or take
+// nothing (stage) before it is killed: a stuck worker must not hold the
+// read transaction, or the configuration loop, for ever.
+var WorkerStall = 30 * time.Second
+
 // workerPipe is the capacity asked for the stream's pipes: a whole sync
 // window in flight without the sender waiting on the reader.
 const workerPipe = 1 << 20
@@ -155,9 +160,12 @@ func (wk *Worker) Take(db *bbolt.DB, w io.Writer, opts Options) (Manifest, error
 		return Manifest{}, err
 	}
 	setPipeSize(out)
-	_, copyErr := io.CopyBuffer(writerOnly{w}, readerOnly{out}, make([]byte, 256<<10))
+	_, copyErr := io.CopyBuffer(writerOnly{w}, stallReader{out}, make([]byte, 256<<10))
 	if copyErr != nil {
 		_ = cmd.Process.Kill() // started here; Wait below reaps it
+		if errors.Is(copyErr, os.ErrDeadlineExceeded) {
+			copyErr = fmt.Errorf("the worker process sent nothing for %s; killed it", WorkerStall)
+		}
 	}
 	r, err := res.wait()
 	wk.noteScheduling(r)
@@ -210,7 +218,12 @@ func (wk *Worker) Stage(r io.Reader, dir string, opts Options) (*Staged, error) 
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
+			_ = inW.SetWriteDeadline(time.Now().Add(WorkerStall))
 			if _, werr := inW.Write(buf[:n]); werr != nil {
+				if errors.Is(werr, os.ErrDeadlineExceeded) {
+					readErr = fmt.Errorf("the worker process took nothing for %s; killed it", WorkerStall)
+					_ = cmd.Process.Kill()
+				}
 				break
 			}
 		}
@@ -227,7 +240,7 @@ func (wk *Worker) Stage(r io.Reader, dir string, opts Options) (*Staged, error) 
 	rr, err := res.wait()
 	wk.noteScheduling(rr)
 	if readErr != nil {
-		err = fmt.Errorf("snapshot: read stream: %w", readErr)
+		err = fmt.Errorf("snapshot: stage: %w", readErr)
 	}
 	return staged(f, rr.Manifest, err, start)
 }
@@ -474,10 +487,18 @@ func setPipeSize(f *os.File) {
 	}
 }
 
-// writerOnly and readerOnly hide ReadFrom and WriteTo, so that a copy
-// uses the buffer it is given.
+// writerOnly hides ReadFrom, so that a copy uses the buffer it is given.
 type writerOnly struct{ io.Writer }
-type readerOnly struct{ io.Reader }
+
+// stallReader reads the worker's output, each read failing once the
+// worker has sent nothing for WorkerStall (and hiding WriteTo, as
+// writerOnly hides ReadFrom).
+type stallReader struct{ f *os.File }
+
+func (r stallReader) Read(p []byte) (int, error) {
+	_ = r.f.SetReadDeadline(time.Now().Add(WorkerStall))
+	return r.f.Read(p)
+}
 
 // tailBuffer keeps the last max bytes written (the worker's stderr).
 type tailBuffer struct {

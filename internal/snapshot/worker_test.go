@@ -25,11 +25,15 @@ import (
 // worker exit at once — no cleanup, no result, as under SIGKILL — after it
 // has read (stage) or written (take) that many stream bytes.
 const (
-	workerEnv    = "TANDEM_SNAPSHOT_TEST_WORKER"
-	workerDieEnv = "TANDEM_SNAPSHOT_TEST_WORKER_DIE_AFTER"
+	workerEnv     = "TANDEM_SNAPSHOT_TEST_WORKER"
+	workerDieEnv  = "TANDEM_SNAPSHOT_TEST_WORKER_DIE_AFTER"
+	workerHangEnv = "TANDEM_SNAPSHOT_TEST_WORKER_HANG" // never reads or writes
 )
 
 func runTestWorker() int {
+	if os.Getenv(workerHangEnv) != "" {
+		time.Sleep(time.Hour) // until the Worker kills it
+	}
 	var in io.Reader = os.Stdin
 	var out io.Writer = os.Stdout
 	if n, err := strconv.ParseInt(os.Getenv(workerDieEnv), 10, 64); err == nil {
@@ -269,6 +273,38 @@ func TestWorkerTakeSendFails(t *testing.T) {
 	}
 	closeWithin(t, src, 5*time.Second)
 }
+
+// A worker that hangs — sends nothing, or takes nothing — is killed after
+// WorkerStall: it must not keep the read transaction, or the daemon's
+// configuration loop, for ever.
+func TestWorkerStallKilled(t *testing.T) {
+	defer func(d time.Duration) { snapshot.WorkerStall = d }(snapshot.WorkerStall)
+	snapshot.WorkerStall = 300 * time.Millisecond
+	src := build(t, t.TempDir(), storeSpec{docs: 5, revisions: 20, size: 4000}, 19)
+	start := time.Now()
+	_, err := testWorker(workerHangEnv+"=1").Take(src.DB(), io.Discard, snapshot.Options{})
+	if err == nil || !strings.Contains(err.Error(), "sent nothing") {
+		t.Errorf("take with a hung worker = %v, want it killed for sending nothing", err)
+	}
+	closeWithin(t, src, 5*time.Second)
+
+	dir := t.TempDir()
+	// More than the pipe holds, so that the writes block.
+	_, err = testWorker(workerHangEnv+"=1").Stage(io.LimitReader(zeros{}, 8<<20), dir, snapshot.Options{})
+	if err == nil || !strings.Contains(err.Error(), "took nothing") {
+		t.Errorf("stage with a hung worker = %v, want it killed for taking nothing", err)
+	}
+	if names := onlyFiles(t, dir); len(names) != 0 {
+		t.Errorf("dir after a killed stage = %v, want it empty", names)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the hung workers took %s to be dealt with", d)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 
 // closeWithin closes s, failing if that waits on a read transaction left
 // open (bbolt's Close waits for every one).
