@@ -41,7 +41,8 @@ type Request struct {
 	PayloadLen int    `json:"payload_len,omitempty"`
 }
 
-// MaxPayload bounds a request's payload (a document is at most 16 MiB).
+// MaxPayload bounds a request's payload (a published document is at most
+// 32 MiB: configsync.MaxDocument).
 const MaxPayload = 64 << 20
 
 // Response carries either Data or Error.
