@@ -101,8 +101,21 @@ func Stage(r io.Reader, dir string, opts Options) (*Staged, error) {
 	if err != nil {
 		return &Staged{}, fmt.Errorf("snapshot: temp file: %w", err)
 	}
-	m, err := stageInto(r, f, f.Name(), opts)
+	m, err := stageInto(r, f, opts)
+	if err == nil {
+		err = checkStaged(f.Name(), m, opts.Check)
+	}
 	return staged(f, m, err, start)
+}
+
+// checkStaged opens a received file as a bbolt database (read-only: a
+// shared lock while it does) — here, not in the worker process, so that
+// nothing but this process ever locks the temp file.
+func checkStaged(path string, m Manifest, full bool) error {
+	if err := checkBolt(path, full); err != nil {
+		return fmt.Errorf("snapshot %s: %w: not a usable database: %v", m.IDString(), ErrCorrupt, err)
+	}
+	return nil
 }
 
 // staged ends a Stage, here or in the worker process: on success the
@@ -121,10 +134,10 @@ func staged(f *os.File, m Manifest, err error, start time.Time) (*Staged, error)
 	return &Staged{m: m, f: f}, nil
 }
 
-// stageInto reads a snapshot stream from r into f (empty, named path),
-// checks it and fsyncs f: Stage's work, which the worker process does
-// on the file its daemon created.
-func stageInto(r io.Reader, f *os.File, path string, opts Options) (Manifest, error) {
+// stageInto reads a snapshot stream from r into f (empty), checking every
+// chunk and the trailer, and fsyncs f: Stage's work, which the worker
+// process does on the file its daemon created.
+func stageInto(r io.Reader, f *os.File, opts Options) (Manifest, error) {
 	hdr := make([]byte, headerLen)
 	if _, err := io.ReadFull(r, hdr); err != nil {
 		return Manifest{}, readErr("header", err)
@@ -138,9 +151,6 @@ func stageInto(r io.Reader, f *os.File, path string, opts Options) (Manifest, er
 	}
 	if err := f.Sync(); err != nil {
 		return m, fmt.Errorf("snapshot %s: fsync: %w", m.IDString(), err)
-	}
-	if err := checkBolt(path, opts.Check); err != nil {
-		return m, fmt.Errorf("snapshot %s: %w: not a usable database: %v", m.IDString(), ErrCorrupt, err)
 	}
 	return m, nil
 }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,11 +188,7 @@ func (wk *Worker) Stage(r io.Reader, dir string, opts Options) (*Staged, error) 
 	if err != nil {
 		return &Staged{}, fmt.Errorf("snapshot: temp file: %w", err)
 	}
-	args := []string{"stage", "--path", f.Name(), "--workers", strconv.Itoa(opts.Workers)}
-	if opts.Check {
-		args = append(args, "--check")
-	}
-	cmd := wk.command(args...)
+	cmd := wk.command("stage", "--path", f.Name(), "--workers", strconv.Itoa(opts.Workers))
 	in, inW, err := os.Pipe()
 	if err != nil {
 		removeTemp(f)
@@ -242,6 +237,9 @@ func (wk *Worker) Stage(r io.Reader, dir string, opts Options) (*Staged, error) 
 	if readErr != nil {
 		err = fmt.Errorf("snapshot: stage: %w", readErr)
 	}
+	if err == nil {
+		err = checkStaged(f.Name(), rr.Manifest, opts.Check)
+	}
 	return staged(f, rr.Manifest, err, start)
 }
 
@@ -264,7 +262,7 @@ type pendingResult struct {
 	stderr *tailBuffer
 }
 
-// run starts cmd below this process's priority with fd 3 its result pipe
+// run starts cmd with fd 3 its result pipe
 // and fd 4 file (if any); childEnd (the child's end of the stream pipe) is closed
 // here once the child has it.
 func (wk *Worker) run(cmd *exec.Cmd, childEnd, file *os.File) (*pendingResult, error) {
@@ -280,7 +278,14 @@ func (wk *Worker) run(cmd *exec.Cmd, childEnd, file *os.File) (*pendingResult, e
 	if file != nil {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, file)
 	}
-	if err := startBelow(cmd); err != nil {
+	// The worker leaves the daemon's realtime policy and raises its nice
+	// value itself, first thing (RunWorker's --nice, leaveRealtime). Not
+	// by forking from a thread taken out of realtime: Go forks with
+	// vfork, which holds the forking thread's P, with signals blocked,
+	// until the child execs — a child at normal priority, starved by the
+	// realtime threads, then held the collector's stop-the-world, and
+	// with it the whole daemon, for up to a second (finding 26).
+	if err := cmd.Start(); err != nil {
 		resR.Close()
 		return nil, fmt.Errorf("snapshot: start the worker process %s: %w", cmd.Path, err)
 	}
@@ -305,41 +310,13 @@ func (p *pendingResult) wait() (workerResult, error) {
 	return r, fmt.Errorf("snapshot: the worker process ended without a result (%v): %s", werr, msg)
 }
 
-// startBelow starts cmd from a thread taken out of realtime for the
-// moment of the fork: a child inherits the forking thread's policy, so the
-// worker never runs a single instruction at the daemon's realtime priority
-// (lowered after its start, its first threads would). The thread is
-// restored after; if it cannot be, it stays locked and the runtime ends it
-// with the goroutine. The worker raises its own nice value (RunWorker's
-// --nice): that needs no privilege, where lowering it back here would.
-func startBelow(cmd *exec.Cmd) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		old, err := unix.SchedGetAttr(0, 0)
-		lowered := false
-		if err == nil && old.Policy != schedOther {
-			attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: schedOther, Nice: old.Nice}
-			lowered = unix.SchedSetAttr(0, &attr, 0) == nil
-		}
-		errc <- cmd.Start()
-		if lowered {
-			old.Size = unix.SizeofSchedAttr
-			if unix.SchedSetAttr(0, old, 0) != nil {
-				return // exits locked: the thread goes with it
-			}
-		}
-		runtime.UnlockOSThread()
-	}()
-	return <-errc
-}
-
-// renice raises every thread of this process to nice n (Linux keeps a
-// nice value per thread; threads started later inherit their creator's).
-// Twice: a thread the runtime starts during the first pass is caught by
-// the second.
-func renice(n int) error {
+// leaveRealtime puts every thread of this process under SCHED_OTHER at
+// nice n. Linux keeps both per thread, and threads started later inherit
+// their creator's: twice, so that a thread the runtime starts during the
+// first pass is caught by the second.
+func leaveRealtime(n int) error {
 	var last error
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: schedOther, Nice: int32(n)}
 	for range 2 {
 		tasks, err := os.ReadDir("/proc/self/task")
 		if err != nil {
@@ -347,7 +324,7 @@ func renice(n int) error {
 		}
 		for _, t := range tasks {
 			if tid, err := strconv.Atoi(t.Name()); err == nil {
-				if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil && err != unix.ESRCH {
+				if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && err != unix.ESRCH {
 					last = err
 				}
 			}
@@ -398,7 +375,6 @@ func RunWorker(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	level := fl.Int("level", 0, "zstd level (take)")
 	workers := fl.Int("workers", 1, "goroutines")
 	path := fl.String("path", "", "the temp file's path (stage)")
-	check := fl.Bool("check", false, "bbolt's full consistency check (stage)")
 	nice := fl.Int("nice", DefaultWorkerNice, "this process's nice value")
 	if err := fl.Parse(args[1:]); err != nil {
 		return 2
@@ -408,10 +384,10 @@ func RunWorker(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "snapshot-worker: no result pipe (fd 3); this command is started by the tandem daemon")
 		return 2
 	}
-	if err := renice(*nice); err != nil {
-		fmt.Fprintln(stderr, "snapshot-worker: nice:", err) // it still works, at the daemon's nice
+	if err := leaveRealtime(*nice); err != nil {
+		fmt.Fprintln(stderr, "snapshot-worker: scheduling:", err) // it still works, at the daemon's
 	}
-	opts := Options{ChunkSize: *chunk, Level: *level, Workers: *workers, Check: *check}
+	opts := Options{ChunkSize: *chunk, Level: *level, Workers: *workers}
 	var m Manifest
 	var err error
 	switch args[0] {
@@ -442,14 +418,15 @@ func RunWorker(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 // workerStage writes the snapshot on stdin into the temp file at path,
-// which the daemon created and holds locked.
+// which the daemon created and holds locked (and checks as a database
+// once this is done: the worker never locks it).
 func workerStage(stdin io.Reader, path string, opts Options) (Manifest, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		return Manifest{}, fmt.Errorf("snapshot: temp file: %w", err)
 	}
 	defer f.Close()
-	return stageInto(stdin, f, path, opts)
+	return stageInto(stdin, f, opts)
 }
 
 // workerTake streams the snapshot of the file whose meta pages come on

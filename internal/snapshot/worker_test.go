@@ -323,8 +323,8 @@ func closeWithin(t *testing.T, s *configstore.Store, d time.Duration) {
 }
 
 // In the daemon every thread is realtime; the worker it starts must not
-// be, not even for its first instructions: it is forked from a thread
-// lowered for the moment, which is restored after.
+// be: it leaves the realtime policy, every thread of it, first thing —
+// and starting it changes nothing of this process's threads.
 func TestWorkerFromRealtimeProcess(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: needs root (SCHED_RR threads, as in the daemon)")
@@ -341,7 +341,8 @@ func TestWorkerFromRealtimeProcess(t *testing.T) {
 	if policy, nice := snapshot.LastScheduling(wk); policy != 0 || nice != snapshot.DefaultWorkerNice {
 		t.Errorf("the worker ran at policy %d nice %d, want SCHED_OTHER (0) at nice %d", policy, nice, snapshot.DefaultWorkerNice)
 	}
-	// Every thread of this process is still realtime.
+	// Every thread of this process is still realtime (an earlier version
+	// lowered the forking thread for the moment of the fork).
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		t.Fatal(err)
