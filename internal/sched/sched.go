@@ -74,18 +74,43 @@ func SetRealtime(prio int) error {
 	}
 	priority = prio
 	on.Store(true)
+	err := setAllThreads(&unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(prio)})
+	if err != nil {
+		return fmt.Errorf("realtime priority %d (set node.realtime_priority: 0 to run without): %w", prio, err)
+	}
+	return nil
+}
+
+// LeaveRealtime puts every thread of this process under SCHED_OTHER at
+// nice n: for a helper process the realtime daemon starts (the snapshot
+// worker), which inherits the daemon's policy. Twice, so that a thread the
+// runtime starts during the first pass, from a thread still realtime, is
+// caught by the second; threads started after inherit SCHED_OTHER.
+func LeaveRealtime(n int) error {
+	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: schedOther, Nice: int32(n)}
+	if err := setAllThreads(attr); err != nil {
+		return err
+	}
+	return setAllThreads(attr)
+}
+
+// schedOther is SCHED_OTHER (SCHED_NORMAL), which x/sys/unix does not name.
+const schedOther = 0
+
+// setAllThreads applies attr to every thread of this process (Linux keeps
+// scheduling attributes per thread; a new thread inherits its creator's).
+func setAllThreads(attr *unix.SchedAttr) error {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
-		return fmt.Errorf("realtime priority: %w", err)
+		return err
 	}
-	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(prio)}
 	for _, t := range tasks {
 		tid, err := strconv.Atoi(t.Name())
 		if err != nil {
 			continue
 		}
 		if err := unix.SchedSetAttr(tid, attr, 0); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("realtime priority %d for thread %d (set node.realtime_priority: 0 to run without): %w", prio, tid, err)
+			return fmt.Errorf("thread %d: %w", tid, err)
 		}
 	}
 	return nil

@@ -229,13 +229,7 @@ func TestCorruptStreamRejected(t *testing.T) {
 
 	// The standby's previous database, which must survive every rejection.
 	dir := t.TempDir()
-	old := build(t, dir, storeSpec{docs: 3, revisions: 5, size: 100}, 4)
-	old.Close()
-	target := filepath.Join(dir, "config.db")
-	oldBytes, err := os.ReadFile(target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	target, oldBytes := previousDatabase(t, dir, 4)
 
 	type tcase struct {
 		name   string

@@ -17,6 +17,8 @@ import (
 
 	"go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/sched"
 )
 
 // A Runner takes and stages snapshots: InProcess in the calling process, a
@@ -279,7 +281,7 @@ func (wk *Worker) run(cmd *exec.Cmd, childEnd, file *os.File) (*pendingResult, e
 		cmd.ExtraFiles = append(cmd.ExtraFiles, file)
 	}
 	// The worker leaves the daemon's realtime policy and raises its nice
-	// value itself, first thing (RunWorker's --nice, leaveRealtime). Not
+	// value itself, first thing (RunWorker's --nice, sched.LeaveRealtime). Not
 	// by forking from a thread taken out of realtime: Go forks with
 	// vfork, which holds the forking thread's P, with signals blocked,
 	// until the child execs — a child at normal priority, starved by the
@@ -308,29 +310,6 @@ func (p *pendingResult) wait() (workerResult, error) {
 		msg = "no output"
 	}
 	return r, fmt.Errorf("snapshot: the worker process ended without a result (%v): %s", werr, msg)
-}
-
-// leaveRealtime puts every thread of this process under SCHED_OTHER at
-// nice n. Linux keeps both per thread, and threads started later inherit
-// their creator's: twice, so that a thread the runtime starts during the
-// first pass is caught by the second.
-func leaveRealtime(n int) error {
-	var last error
-	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: schedOther, Nice: int32(n)}
-	for range 2 {
-		tasks, err := os.ReadDir("/proc/self/task")
-		if err != nil {
-			return err
-		}
-		for _, t := range tasks {
-			if tid, err := strconv.Atoi(t.Name()); err == nil {
-				if err := unix.SchedSetAttr(tid, &attr, 0); err != nil && err != unix.ESRCH {
-					last = err
-				}
-			}
-		}
-	}
-	return last
 }
 
 // captureMeta returns the two meta pages tx.WriteTo would write for tx:
@@ -384,7 +363,7 @@ func RunWorker(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "snapshot-worker: no result pipe (fd 3); this command is started by the tandem daemon")
 		return 2
 	}
-	if err := leaveRealtime(*nice); err != nil {
+	if err := sched.LeaveRealtime(*nice); err != nil {
 		fmt.Fprintln(stderr, "snapshot-worker: scheduling:", err) // it still works, at the daemon's
 	}
 	opts := Options{ChunkSize: *chunk, Level: *level, Workers: *workers}
@@ -499,6 +478,3 @@ func (t *tailBuffer) String() string {
 	defer t.mu.Unlock()
 	return string(t.b)
 }
-
-// schedOther is SCHED_OTHER (SCHED_NORMAL), which x/sys/unix does not name.
-const schedOther = 0

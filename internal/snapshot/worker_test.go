@@ -111,14 +111,7 @@ func TestWorkerRoundTrip(t *testing.T) {
 			if got.ID != sent.ID || got.Digest != sent.Digest || got.Size != sent.Size || got.StreamBytes != sent.StreamBytes || got.Chunks != sent.Chunks {
 				t.Errorf("staged manifest %+v, sent %+v", got, sent)
 			}
-			if err := st.Install("config.db", snapshot.Swap{}); err != nil {
-				t.Fatal(err)
-			}
-			dst, err := configstore.Open(filepath.Join(dir, "config.db"), configstore.Options{Node: "fw-b"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer dst.Close()
+			dst := installAndOpen(t, st, dir)
 			assertSameStore(t, src, dst)
 			if names := onlyFiles(t, dir); !slices.Equal(names, []string{"config.db"}) {
 				t.Errorf("dir = %v, want only the installed database", names)
@@ -164,14 +157,7 @@ func TestWorkerTakeWhilePublishing(t *testing.T) {
 	if takeErr != nil || stageErr != nil {
 		t.Fatalf("take: %v; stage: %v", takeErr, stageErr)
 	}
-	if err := st.Install("config.db", snapshot.Swap{}); err != nil {
-		t.Fatal(err)
-	}
-	dst, err := configstore.Open(filepath.Join(dir, "config.db"), configstore.Options{Node: "fw-b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dst.Close()
+	dst := installAndOpen(t, st, dir)
 	head, _ := dst.Head()
 	if head < before {
 		t.Fatalf("snapshot head %d, before it %d", head, before)
@@ -190,13 +176,7 @@ func TestWorkerStageRejects(t *testing.T) {
 	defer src.Close()
 	stream, _ := takeBytes(t, src, snapshot.Options{ChunkSize: 32 << 10})
 	dir := t.TempDir()
-	old := build(t, dir, storeSpec{docs: 3, revisions: 5, size: 100}, 14)
-	old.Close()
-	target := filepath.Join(dir, "config.db")
-	oldBytes, err := os.ReadFile(target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	target, oldBytes := previousDatabase(t, dir, 14)
 	flipped := slices.Clone(stream)
 	flipped[len(stream)/2] ^= 0x20
 	for _, tc := range []struct {
@@ -218,6 +198,35 @@ func TestWorkerStageRejects(t *testing.T) {
 	}
 }
 
+// installAndOpen installs a staged snapshot as dir/config.db and opens it
+// (closed at the test's end).
+func installAndOpen(t *testing.T, st *snapshot.Staged, dir string) *configstore.Store {
+	t.Helper()
+	if err := st.Install("config.db", snapshot.Swap{}); err != nil {
+		t.Fatal(err)
+	}
+	dst, err := configstore.Open(filepath.Join(dir, "config.db"), configstore.Options{Node: "fw-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dst.Close() })
+	return dst
+}
+
+// previousDatabase puts a small database at dir/config.db, the standby's
+// before a transfer, and returns its path and bytes.
+func previousDatabase(t testing.TB, dir string, seed uint64) (string, []byte) {
+	t.Helper()
+	old := build(t, dir, storeSpec{docs: 3, revisions: 5, size: 100}, seed)
+	old.Close()
+	target := filepath.Join(dir, "config.db")
+	oldBytes, err := os.ReadFile(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return target, oldBytes
+}
+
 func assertUntouched(t *testing.T, dir, target string, oldBytes []byte) {
 	t.Helper()
 	if now, err := os.ReadFile(target); err != nil || !bytes.Equal(now, oldBytes) {
@@ -234,16 +243,10 @@ func TestWorkerKilled(t *testing.T) {
 	src := build(t, t.TempDir(), storeSpec{docs: 20, revisions: 200, size: 4000}, 15)
 	stream, _ := takeBytes(t, src, snapshot.Options{ChunkSize: 32 << 10})
 	dir := t.TempDir()
-	old := build(t, dir, storeSpec{docs: 3, revisions: 5, size: 100}, 16)
-	old.Close()
-	target := filepath.Join(dir, "config.db")
-	oldBytes, err := os.ReadFile(target)
-	if err != nil {
-		t.Fatal(err)
-	}
+	target, oldBytes := previousDatabase(t, dir, 16)
 	die := workerDieEnv + "=" + strconv.Itoa(len(stream)/2)
 
-	_, err = testWorker(die).Stage(bytes.NewReader(stream), dir, snapshot.Options{})
+	_, err := testWorker(die).Stage(bytes.NewReader(stream), dir, snapshot.Options{})
 	if err == nil || !strings.Contains(err.Error(), "without a result") {
 		t.Errorf("stage with the worker killed = %v, want an error saying it ended without a result", err)
 	}
